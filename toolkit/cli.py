@@ -1,0 +1,144 @@
+"""The `toolkit` command line."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+
+from toolkit import dashboard, fsio
+from toolkit.config import CLUSTERS
+from toolkit.daemon import Daemon
+from toolkit.errors import ConfigError, ToolkitError
+from toolkit.layout import RunLayout
+from toolkit.records import Idea
+from toolkit.runs import load_run_config, open_run, with_llm
+from toolkit.state import load_state
+
+console = Console()
+PROVIDERS = ("anthropic", "openai", "openai-compatible", "replay")
+
+
+def read_ideas(path: Path) -> list[Idea]:
+    """IDEAS.jsonl: one {"idea": "..."} per line; ids follow line order so a rerun maps to the same ids."""
+    ideas = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            text = json.loads(line)["idea"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path}:{n}: expected a JSON object with an \"idea\" string ({exc!r})") from exc
+        ideas.append(Idea(idea_id=f"idea-{len(ideas):04d}", text=str(text), origin="user"))
+    if not ideas:
+        raise ConfigError(f"{path}: no ideas found (one JSON object per line: {{\"idea\": \"...\"}})")
+    return ideas
+
+
+def add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", choices=CLUSTERS)
+    p.add_argument("--partition")
+    p.add_argument("--account")
+    p.add_argument("--qos")
+    p.add_argument("--array-parallelism", type=int)
+
+
+def add_llm_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--llm", choices=PROVIDERS, help="provider for both ideator and implementer")
+    p.add_argument("--model")
+    p.add_argument("--base-url")
+    p.add_argument("--replay", help="replay file of recorded responses (with --llm replay)")
+
+
+def apply_flags(cfg, args: argparse.Namespace):
+    cluster = dataclasses.replace(cfg.cluster, **{k: v for k, v in dict(
+        cluster=args.cluster, partition=args.partition, account=args.account, qos=args.qos,
+        array_parallelism=args.array_parallelism).items() if v is not None})
+    cfg = dataclasses.replace(cfg, cluster=cluster)
+    if getattr(args, "env", None):
+        cfg = dataclasses.replace(cfg, env=args.env)
+    if getattr(args, "smoke", False):
+        cfg = dataclasses.replace(cfg, smoke=True)
+    if getattr(args, "samples", None):
+        cfg = dataclasses.replace(cfg, implement=dataclasses.replace(cfg.implement, samples=args.samples))
+    return with_llm(cfg, args.llm, args.model, args.base_url, args.replay)
+
+
+def cmd_execute(args: argparse.Namespace) -> int:
+    cfg = apply_flags(load_run_config(Path(args.config) if args.config else None), args)
+    ideas = read_ideas(Path(args.ideas))
+    parts = open_run(Path(args.out), cfg)
+    lock = fsio.DaemonLock(parts.layout.lock)
+    lock.acquire()
+    daemon = Daemon(parts)
+    try:
+        daemon.add_ideas(ideas)
+        run_until_done(daemon, parts.cfg.cluster.poll_s)
+    finally:
+        daemon.close()
+        lock.release()
+    state = daemon.state
+    console.print(dashboard.execute_view(state))
+    rate = state.execution_rate()
+    console.print(f"execution rate: {'-' if rate is None else f'{rate:.0%}'} "
+                  f"({sum(1 for c in state.candidates.values() if c.status == 'ok')}/{len(state.candidates)} ok)")
+    return 0
+
+
+def run_until_done(daemon: Daemon, poll_s: float) -> None:
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    with Live(dashboard.execute_view(daemon.state), console=console, refresh_per_second=2,
+              transient=not console.is_terminal) as live:
+        while not daemon.done() and not stop["now"]:
+            sleep_s = daemon.tick()
+            live.update(dashboard.execute_view(daemon.state))
+            if daemon.done():
+                break
+            time.sleep(min(sleep_s, poll_s))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    layout = RunLayout(Path(args.run_dir))
+    if not layout.events.exists():
+        raise ConfigError(f"{layout.events}: not found; is {layout.root} a toolkit run directory?")
+    console.print(dashboard.execute_view(load_state(layout)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toolkit", description="Execution-grounded automated AI research on SLURM")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("execute", help="ideas in, one verified score per idea out")
+    ex.add_argument("ideas", help="IDEAS.jsonl with one {\"idea\": \"...\"} per line")
+    ex.add_argument("--env", help="shipped env name or a directory with env.yaml (default tiny_lm)")
+    ex.add_argument("--out", required=True, help="run directory (created; rerun the same command to resume)")
+    ex.add_argument("--config", help="YAML run config (flags override it)")
+    ex.add_argument("--smoke", action="store_true", help="use the environment's CPU smoke settings")
+    ex.add_argument("--samples", type=int, help="diffs sampled in parallel per idea (default 10)")
+    add_cluster_flags(ex)
+    add_llm_flags(ex)
+    ex.set_defaults(func=cmd_execute)
+    st = sub.add_parser("status", help="the tables of a running or finished run, from another shell")
+    st.add_argument("run_dir")
+    st.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ToolkitError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Configuration: frozen dataclasses loaded from YAML.
+
+An unknown key is an error that lists the valid keys with their defaults; units live in names
+(`timeout_min`, `poll_s`, `mem_gb`); the resolved config is saved into the run directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from toolkit.errors import ConfigError
+from toolkit.llm.base import LLMSettings
+
+T = TypeVar("T")
+
+CLUSTERS = ("slurm", "local", "debug")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    cluster: str = "local"             # slurm | local | debug
+    partition: str = ""                # "" = the cluster's default partition
+    account: str = ""
+    qos: str = ""
+    array_parallelism: int = 64        # max array tasks running at once (sbatch --array=...%N)
+    time_margin_min: int = 5           # added to the env's run + eval budget for the SLURM time limit
+    poll_s: float = 10.0               # scheduler/collector tick interval
+    lost_grace_s: float = 60.0         # a job SLURM calls finished gets this long for its result file to appear
+    max_lost_retries: int = 1          # a lost task (no result file) is resubmitted this many times
+    sbatch_extra: dict[str, str] = field(default_factory=dict)   # any other sbatch flag, e.g. {constraint: h100}
+
+    def __post_init__(self) -> None:
+        if self.cluster not in CLUSTERS:
+            raise ConfigError(f"cluster.cluster={self.cluster!r} is not one of {', '.join(CLUSTERS)}")
+
+
+@dataclass(frozen=True)
+class ImplementConfig:
+    samples: int = 10                  # diffs sampled in parallel per idea (paper: 10)
+    revisions: int = 2                 # sequential self-revisions of a failing diff (paper: 2)
+    quick_check_timeout_s: float = 120.0
+    workers: int = 8                   # ideas implemented at once (LLM calls are further capped per client)
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    ideator: LLMSettings = field(default_factory=LLMSettings)
+    implementer: LLMSettings = field(default_factory=LLMSettings)
+    spend_cap_usd: float = 0.0         # 0 = no cap; new LLM calls stop cleanly at the cap
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    env: str = "tiny_lm"               # a shipped env name (envs/<name>) or a path to a directory with env.yaml
+    smoke: bool = False                # use the env's `smoke:` overrides (CPU smoke mode)
+    data_dir: str = ""                 # exported to jobs as TOOLKIT_DATA_DIR; "" = ~/.cache/toolkit/data/<env>
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    implement: ImplementConfig = field(default_factory=ImplementConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+def from_dict(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass `cls` from a mapping; unknown keys raise with the list of valid keys."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {_describe(cls)}")
+    hints = typing.get_type_hints(cls)
+    values = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _describe(cls: type) -> str:
+    return ", ".join(f"{f.name} (default {_default(f)!r})" for f in dataclasses.fields(cls))
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = f.default_factory()  # type: ignore[misc]
+        return "{...}" if dataclasses.is_dataclass(value) else value
+    return "required"
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return data
+
+
+def override(obj: T, **changes: Any) -> T:
+    """Replace fields given as non-None keyword arguments (CLI flags override the YAML)."""
+    return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[type-var]

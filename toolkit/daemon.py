@@ -1,0 +1,202 @@
+"""The daemon: ideas -> implementer -> scheduler -> worker -> collector, as `tick() -> seconds to sleep`.
+
+One process owns a run directory (daemon.lock) and is the single writer of its event log. A tick never
+blocks on the LLM or the cluster for long: implementations run in a thread pool, jobs run on the cluster,
+and each tick only harvests what finished, submits what is ready as one array, and collects results.
+"""
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit import fsio
+from toolkit.config import RunConfig
+from toolkit.envs import EnvSpec
+from toolkit.implementer import Implementer
+from toolkit.layout import RunLayout
+from toolkit.llm.base import SpendMeter
+from toolkit.records import RESULT_STATUSES, Idea, Result, from_json, to_json
+from toolkit.scheduler import Cluster
+from toolkit.state import CandidateView, EventLog
+from toolkit.worker import WorkerTask
+
+FAST_TICK_S = 1.0
+
+
+@dataclass
+class Parts:
+    layout: RunLayout
+    cfg: RunConfig
+    spec: EnvSpec
+    implementer: Implementer
+    cluster: Cluster
+    meter: SpendMeter
+
+
+class Daemon:
+    def __init__(self, parts: Parts, clock: Any = time.time) -> None:
+        self.p = parts
+        self.log = EventLog(parts.layout)
+        self.clock = clock
+        self.pool = ThreadPoolExecutor(max_workers=parts.cfg.implement.workers, thread_name_prefix="implement")
+        self.inflight: dict[str, Future] = {}
+        self.finished_seen: dict[str, float] = {}
+
+    @property
+    def state(self):
+        return self.log.state
+
+    # ---- ideas ----------------------------------------------------------------------------------------
+    def add_ideas(self, ideas: list[Idea]) -> None:
+        """Register ideas once (a restart with the same input adds nothing)."""
+        for idea in ideas:
+            if idea.idea_id not in self.state.candidates:
+                fsio.atomic_write_json(self.p.layout.idea(idea.idea_id), to_json(idea))
+                self.log.emit("idea", idea_id=idea.idea_id, text=idea.text, epoch=idea.epoch, origin=idea.origin)
+
+    # ---- the tick --------------------------------------------------------------------------------------
+    def tick(self) -> float:
+        self.harvest_implemented()
+        self.start_implementations()
+        self.schedule()
+        self.collect()
+        self.record_spend()
+        return FAST_TICK_S if self.inflight else self.p.cfg.cluster.poll_s
+
+    def done(self) -> bool:
+        views = self.state.candidates.values()
+        return all(v.terminal for v in views) and not self.inflight
+
+    # ---- implement -------------------------------------------------------------------------------------
+    def start_implementations(self) -> None:
+        for view in self._views(lambda v: v.implement_status in ("", "implementing") and v.idea):
+            if view.cid in self.inflight or self.p.layout.candidate(view.cid).implement.exists():
+                continue
+            if self.p.meter.exhausted():
+                return
+            idea = from_json(Idea, fsio.read_json(self.p.layout.idea(view.cid)))
+            self.inflight[view.cid] = self.pool.submit(self.p.implementer.implement, idea,
+                                                       self.p.layout.candidate(view.cid))
+            if view.implement_status != "implementing":
+                self.log.emit("implement_started", cid=view.cid)
+
+    def harvest_implemented(self) -> None:
+        """Poll the run directory: any candidate with an implement record (ours, or dropped there) counts."""
+        for cid, future in list(self.inflight.items()):
+            if future.done():
+                del self.inflight[cid]
+                if future.exception() is not None:
+                    self._implement_crashed(cid, future.exception())
+        for cid in self.p.layout.candidate_ids():
+            view = self.state.candidates.get(cid)
+            if (view is None or view.implement_status in ("", "implementing")) and cid not in self.inflight:
+                self._record_implemented(cid)
+
+    def _implement_crashed(self, cid: str, exc: BaseException | None) -> None:
+        self.log.emit("implemented", cid=cid, status="failed", reason=f"implementer error: {exc!r}")
+
+    def _record_implemented(self, cid: str) -> None:
+        paths = self.p.layout.candidate(cid)
+        if not paths.implement.exists():
+            if paths.ready.exists():  # a ready codebase dropped in by hand, without implement records
+                self._adopt(cid)
+            return
+        record = fsio.read_json(paths.implement)
+        if cid not in self.state.candidates:
+            self._adopt_idea(cid)
+        self.log.emit("implemented", cid=cid, status=record["status"], reason=record.get("reason", ""),
+                      diff_lines=record.get("diff_lines", 0), cost_usd=record.get("cost_usd", 0.0))
+
+    def _adopt(self, cid: str) -> None:
+        self._adopt_idea(cid)
+        self.log.emit("implemented", cid=cid, status="ready", reason="dropped into the run directory")
+
+    def _adopt_idea(self, cid: str) -> None:
+        idea_file = self.p.layout.candidate(cid).idea
+        text = fsio.read_json(idea_file).get("text", "") if idea_file.exists() else "(no idea.json)"
+        self.log.emit("idea", idea_id=cid, text=text, epoch=0, origin="external")
+
+    # ---- schedule --------------------------------------------------------------------------------------
+    def schedule(self) -> None:
+        ready = [v for v in self._views(lambda v: v.implement_status == "ready" and not v.job_id and not v.status)
+                 if self.p.layout.candidate(v.cid).ready.exists()]
+        if ready:
+            self.submit(ready, attempt=0)
+
+    def submit(self, views: list[CandidateView], attempt: int) -> None:
+        tasks = [self._task(v.cid, attempt) for v in views]
+        name = f"toolkit-{self.p.layout.root.name}"
+        try:
+            job_ids = self.p.cluster.submit(tasks, self.p.spec.resources, name)
+        except Exception as exc:  # a failed sbatch must not kill the daemon; retried next tick
+            self.log.emit("submit_failed", cids=[v.cid for v in views], reason=repr(exc)[:2000])
+            return
+        for view, job_id in zip(views, job_ids):
+            self.log.emit("submitted", cid=view.cid, job_id=job_id, attempt=attempt, cluster=self.p.cluster.name,
+                          gpus=self.p.spec.resources.gpus * self.p.spec.resources.nodes)
+
+    def _task(self, cid: str, attempt: int) -> WorkerTask:
+        return WorkerTask(cand_dir=str(self.p.layout.candidate(cid).root), env_dir=str(self.p.layout.env_dir),
+                          smoke=self.p.cfg.smoke, data_dir=self.p.cfg.data_dir, attempt=attempt)
+
+    # ---- collect ---------------------------------------------------------------------------------------
+    def collect(self) -> None:
+        waiting = self._views(lambda v: bool(v.job_id) and not v.status)
+        missing = [v for v in waiting if not self._read_result(v)]
+        if not missing:
+            return
+        states = self.p.cluster.states([v.job_id for v in missing])
+        for view in missing:
+            self._follow(view, states[view.job_id])
+
+    def _read_result(self, view: CandidateView) -> bool:
+        path = self.p.layout.candidate(view.cid).result
+        if not path.exists():
+            return False
+        try:
+            result = _parse_result(fsio.read_json(path), view.cid)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            result = Result(cid=view.cid, status="failed", reason=f"malformed result file {path}: {exc!r}")
+        self.log.emit("result", **{k: v for k, v in to_json(result).items() if k not in ("schema", "log_tail")})
+        return True
+
+    def _follow(self, view: CandidateView, state: Any) -> None:
+        if state.phase != view.job_phase and state.phase != "unknown":
+            self.log.emit("job_state", cid=view.cid, phase=state.phase, raw=state.raw)
+        if state.phase != "finished":
+            return
+        first = self.finished_seen.setdefault(view.job_id, self.clock())
+        if self.clock() - first >= self.p.cfg.cluster.lost_grace_s:
+            self._lost(view, state.raw)
+
+    def _lost(self, view: CandidateView, raw: str) -> None:
+        tail = self.p.cluster.log_tail(view.job_id)
+        self.log.emit("lost", cid=view.cid, job_id=view.job_id, attempt=view.attempt, raw=raw, log_tail=tail)
+        if view.attempt < self.p.cfg.cluster.max_lost_retries:
+            self.submit([view], attempt=view.attempt + 1)
+            return
+        self.log.emit("result", cid=view.cid, status="lost", job_id=view.job_id, attempt=view.attempt,
+                      reason=f"job ended ({raw or 'state unknown'}) without a result file", wall_s=0.0)
+
+    def record_spend(self) -> None:
+        if abs(self.p.meter.spent_usd - self.state.llm_spend_usd) > 1e-9:
+            self.log.emit("llm_spend", spent_usd=self.p.meter.spent_usd, calls=self.p.meter.calls)
+
+    def _views(self, keep: Any) -> list[CandidateView]:
+        return [v for v in self.state.candidates.values() if keep(v)]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _parse_result(data: Any, cid: str) -> Result:
+    if not isinstance(data, dict) or data.get("status") not in RESULT_STATUSES:
+        raise ValueError(f"status must be one of {RESULT_STATUSES}")
+    result = from_json(Result, {**data, "cid": cid})
+    if result.status == "ok" and not isinstance(result.reward, (int, float)):
+        raise ValueError("status ok without a numeric reward")
+    return result

@@ -1,0 +1,133 @@
+"""Shared-filesystem I/O: atomic writes, tolerant reads, append-only JSONL, the daemon lock.
+
+Every file another process reads is written to a temporary name in the same directory and renamed, so a
+reader sees either nothing or the whole file (rename is atomic on POSIX and on NFS within a directory).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from toolkit.errors import LockHeldError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path, retries: int = 3, retry_s: float = 0.05) -> Any:
+    """Read a JSON file another process wrote; retry a few times for a lagging shared filesystem."""
+    for attempt in range(retries):
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, FileNotFoundError):
+            if attempt == retries - 1:
+                raise
+            _refresh_dir_cache(path.parent)
+            time.sleep(retry_s)
+    raise AssertionError("unreachable")
+
+
+def _refresh_dir_cache(folder: Path) -> None:
+    """Listing a directory makes NFS clients revalidate its attribute cache."""
+    try:
+        os.listdir(folder)
+    except OSError:
+        pass
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one line in a single write(2) with O_APPEND: whole lines, even across crashes mid-run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Yield the complete records of a JSONL file; a torn last line (crash mid-append) is skipped."""
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def copy_tree(src: Path, dest: Path) -> None:
+    """Copy a directory tree, keeping symlinks as links (never following them out of the tree)."""
+    import shutil
+
+    shutil.copytree(src, dest, symlinks=True)
+
+
+class DaemonLock:
+    """A lock file holding pid@host. A stale lock (dead pid on this host) is taken over."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.owner = f"{os.getpid()}@{socket.gethostname()}"
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while not self._try_create():
+            holder = self.path.read_text().strip() if self.path.exists() else ""
+            if holder and _holder_alive(holder):
+                raise LockHeldError(f"{self.path} is held by {holder}: another daemon runs this run directory "
+                                    f"(stop it, or delete the file if that process is gone)")
+            self.path.unlink(missing_ok=True)
+
+    def _try_create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(self.owner + "\n")
+        return True
+
+    def release(self) -> None:
+        if self.path.exists() and self.path.read_text().strip() == self.owner:
+            self.path.unlink()
+
+
+def _holder_alive(holder: str) -> bool:
+    pid_text, _, host = holder.partition("@")
+    if host != socket.gethostname():
+        return True  # cannot check another host's pid: assume alive, the message says how to override
+    return _pid_alive(int(pid_text))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status

@@ -1,0 +1,129 @@
+"""RunLayout: the one place that knows every path of a run directory.
+
+runs/<name>/
+  config.yaml                    resolved config, written once
+  daemon.lock                    pid@host of the daemon that owns the run
+  env/                           snapshot of the environment (env.yaml + pristine codebase) taken at start
+  ideas/<idea_id>.json
+  candidates/<cid>/idea.json     the idea this candidate implements
+  candidates/<cid>/code/         the patched codebase the job runs in
+  candidates/<cid>/patch.diff    the diff that applied
+  candidates/<cid>/implement/    prompts, responses, the implement log (one JSON per attempt)
+  candidates/<cid>/implement.json  implement outcome (status ready / failed / invalid, reason)
+  candidates/<cid>/READY         marker: ready to be scheduled (anything that drops one gets scheduled)
+  candidates/<cid>/job.json      submission record (job id, array task), written by the scheduler
+  candidates/<cid>/result.json   written by the worker, atomically, once per attempt
+  candidates/<cid>/worker.log    run + eval output
+  jobs/                          submitit folders (%A_%a)
+  state/events.jsonl             append-only event log: the daemon rebuilds its state from it
+  state/llm_calls.jsonl          one line per LLM call (tokens, cost, status)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class CandidatePaths:
+    root: Path
+
+    @property
+    def cid(self) -> str:
+        return self.root.name
+
+    @property
+    def idea(self) -> Path:
+        return self.root / "idea.json"
+
+    @property
+    def code(self) -> Path:
+        return self.root / "code"
+
+    @property
+    def patch(self) -> Path:
+        return self.root / "patch.diff"
+
+    @property
+    def implement_dir(self) -> Path:
+        return self.root / "implement"
+
+    @property
+    def implement(self) -> Path:
+        return self.root / "implement.json"
+
+    @property
+    def ready(self) -> Path:
+        return self.root / "READY"
+
+    @property
+    def job(self) -> Path:
+        return self.root / "job.json"
+
+    @property
+    def result(self) -> Path:
+        return self.root / "result.json"
+
+    @property
+    def worker_log(self) -> Path:
+        return self.root / "worker.log"
+
+    @property
+    def scratch(self) -> Path:
+        return self.root / "scratch"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "daemon.lock"
+
+    @property
+    def env_dir(self) -> Path:
+        return self.root / "env"
+
+    @property
+    def ideas(self) -> Path:
+        return self.root / "ideas"
+
+    def idea(self, idea_id: str) -> Path:
+        return self.ideas / f"{idea_id}.json"
+
+    @property
+    def candidates(self) -> Path:
+        return self.root / "candidates"
+
+    def candidate(self, cid: str) -> CandidatePaths:
+        return CandidatePaths(self.candidates / cid)
+
+    def candidate_ids(self) -> list[str]:
+        if not self.candidates.is_dir():
+            return []
+        return sorted(p.name for p in self.candidates.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def events(self) -> Path:
+        return self.state / "events.jsonl"
+
+    @property
+    def llm_calls(self) -> Path:
+        return self.state / "llm_calls.jsonl"
+
+    def make(self) -> None:
+        for folder in (self.ideas, self.candidates, self.jobs, self.state):
+            folder.mkdir(parents=True, exist_ok=True)

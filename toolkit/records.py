@@ -1,0 +1,85 @@
+"""The vocabulary of a run: ideas, implement outcomes, job records, results, events.
+
+Records cross process boundaries as JSON files; `from_json` is tolerant of extra keys (newer writers)
+and strict about missing required ones (a malformed file is reported, not guessed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+SCHEMA_VERSION = 1
+RESULT_STATUSES = ("ok", "failed", "timeout", "invalid", "lost")
+IMPLEMENT_STATUSES = ("ready", "failed", "invalid")
+
+R = TypeVar("R")
+
+
+def to_json(record: Any) -> dict[str, Any]:
+    return {"schema": SCHEMA_VERSION, **dataclasses.asdict(record)}
+
+
+def from_json(cls: type[R], data: dict[str, Any]) -> R:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Idea:
+    idea_id: str
+    text: str
+    epoch: int = 0
+    origin: str = "user"               # user | fresh | exploit | explore | best_of_n | rl
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class ImplementOutcome:
+    cid: str
+    status: str                        # ready | failed | invalid
+    reason: str = ""
+    sample: int = -1                   # which parallel sample won (-1: none)
+    revision: int = -1                 # which revision of that sample applied
+    attempts: int = 0                  # LLM calls made
+    files: tuple[str, ...] = ()
+    diff_lines: int = 0
+    cost_usd: float = 0.0
+    wall_s: float = 0.0
+    preflight: str = ""                # "passed" | "skipped" | "failed: ..." of the winner
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    cid: str
+    job_id: str                        # "<array>_<task>" on SLURM; pid-based on local
+    attempt: int = 0                   # 0 for the first submission, +1 per retry of a lost task
+    cluster: str = "local"
+    submitted_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Result:
+    cid: str
+    status: str                        # ok | failed | timeout | invalid | lost
+    reason: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    metric: float | None = None        # the env's primary metric
+    reward: float | None = None        # only for status ok
+    wall_s: float = 0.0                # run + eval
+    run_s: float = 0.0
+    eval_s: float = 0.0
+    job_id: str = ""
+    node: str = ""
+    gpu: str = ""
+    code_sha256: str = ""
+    locked_sha256: dict[str, str] = field(default_factory=dict)
+    log_tail: str = ""
+    attempt: int = 0
+    finished_at: float = field(default_factory=time.time)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "ok"

@@ -1,0 +1,100 @@
+"""Opening a run directory: resolved config written once, environment snapshot, LLM clients, the cluster."""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from toolkit import fsio
+from toolkit.config import RunConfig, from_dict, load_yaml, to_dict
+from toolkit.daemon import Parts
+from toolkit.envs import EnvSpec, load_env, tree_sha256
+from toolkit.errors import ConfigError
+from toolkit.implementer import Implementer
+from toolkit.layout import RunLayout
+from toolkit.llm.base import ChatRequest, LLMClient, LLMReply, LLMSettings, SpendMeter, make_client
+from toolkit.scheduler import make_cluster
+from toolkit.state import load_state
+
+
+def load_run_config(path: Path | None) -> RunConfig:
+    if path is None:
+        return RunConfig()
+    return from_dict(RunConfig, load_yaml(path), str(path))
+
+
+def save_config(layout: RunLayout, cfg: RunConfig) -> RunConfig:
+    """The resolved config is written once; a restart reuses it (flags cannot silently change a run)."""
+    if layout.config.exists():
+        saved = from_dict(RunConfig, load_yaml(layout.config), str(layout.config))
+        return saved
+    fsio.atomic_write_text(layout.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return cfg
+
+
+def snapshot_env(layout: RunLayout, cfg: RunConfig) -> EnvSpec:
+    """Copy env.yaml + the pristine codebase into the run: jobs and the eval use this copy, never the source."""
+    source = load_env(cfg.env, smoke=cfg.smoke)
+    if not layout.env_dir.exists():
+        staging = layout.root / ".env-staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        raw = load_yaml(Path(source.root) / "env.yaml")
+        fsio.atomic_write_text(staging / "env.yaml", yaml.safe_dump({**raw, "codebase": "code"}, sort_keys=False))
+        shutil.copytree(source.code_dir, staging / "code", symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        staging.rename(layout.env_dir)
+    snap = load_env(str(layout.env_dir), smoke=cfg.smoke)
+    _check_same_code(source, snap, layout)
+    return snap
+
+
+def _check_same_code(source: EnvSpec, snap: EnvSpec, layout: RunLayout) -> None:
+    if tree_sha256(source.code_dir) != tree_sha256(snap.code_dir):
+        print(f"note: {source.code_dir} changed since this run started; the run keeps using its snapshot "
+              f"{layout.env_dir} (start a new run directory to use the new code)")
+
+
+def llm_ledger(layout: RunLayout) -> Any:
+    def on_reply(req: ChatRequest, reply: LLMReply) -> None:
+        fsio.append_jsonl(layout.llm_calls, {"tag": req.tag, "status": reply.status, "reason": reply.reason[:300],
+                                             "model": reply.model, "input_tokens": reply.input_tokens,
+                                             "output_tokens": reply.output_tokens, "cost_usd": reply.cost_usd,
+                                             "wall_s": reply.wall_s, "attempts": reply.attempts})
+    return on_reply
+
+
+def make_llm(settings: LLMSettings, meter: SpendMeter, layout: RunLayout) -> LLMClient:
+    return make_client(settings, meter=meter, on_reply=llm_ledger(layout))
+
+
+def open_run(run_dir: Path, cfg: RunConfig) -> Parts:
+    layout = RunLayout(run_dir)
+    layout.make()
+    cfg = save_config(layout, cfg)
+    spec = snapshot_env(layout, cfg)
+    meter = SpendMeter(cap_usd=cfg.llm.spend_cap_usd or None, spent_usd=load_state(layout).llm_spend_usd)
+    llm = make_llm(cfg.llm.implementer, meter, layout)
+    implementer = Implementer(spec, llm, cfg.implement, layout.root / "preflight-data")
+    cluster = make_cluster(layout.jobs, cfg.cluster)
+    return Parts(layout=layout, cfg=cfg, spec=spec, implementer=implementer, cluster=cluster, meter=meter)
+
+
+def with_llm(cfg: RunConfig, provider: str | None, model: str | None, base_url: str | None,
+             replay: str | None) -> RunConfig:
+    """Apply the --llm/--model/--base-url/--replay flags to both roles."""
+    changes = {k: v for k, v in dict(provider=provider, model=model, base_url=base_url, replay_file=replay).items()
+               if v is not None}
+    if not changes:
+        return cfg
+    llm = dataclasses.replace(cfg.llm, ideator=dataclasses.replace(cfg.llm.ideator, **changes),
+                              implementer=dataclasses.replace(cfg.llm.implementer, **changes))
+    return dataclasses.replace(cfg, llm=llm)
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)

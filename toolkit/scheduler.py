@@ -1,0 +1,210 @@
+"""The cluster behind a small interface: slurm, local and debug implementations (no string switches).
+
+A batch of ready candidates becomes ONE submitit array (one sbatch). Job states for all tracked jobs come
+from ONE sacct call per tick; the result file stays the truth, states only reveal jobs that died silently.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import threading
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import submitit
+
+from toolkit import jobenv
+from toolkit.config import ClusterConfig
+from toolkit.envs import Resources
+from toolkit.worker import WorkerTask, run_task
+
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+            "DEADLINE", "PREEMPTED", "FINISHED", "INTERRUPTED")
+QUEUED = ("PENDING", "REQUEUED", "CONFIGURING", "RESIZING", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED")
+
+
+@dataclass(frozen=True)
+class JobState:
+    raw: str                           # what the cluster said, e.g. "CANCELLED by 0"
+    phase: str                         # queued | running | finished | unknown
+
+
+def phase_of(raw: str) -> str:
+    word = raw.split()[0].rstrip("+") if raw else ""
+    if word in TERMINAL:
+        return "finished"
+    if word in QUEUED:
+        return "queued"
+    return "running" if word in ("RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING") else "unknown"
+
+
+def time_limit_min(resources: Resources, margin_min: int) -> int:
+    return int(math.ceil(resources.time_min + resources.eval_time_min + margin_min))
+
+
+class Cluster(ABC):
+    name = "abstract"
+
+    def __init__(self, jobs_dir: Path, cfg: ClusterConfig) -> None:
+        self.jobs_dir, self.cfg = jobs_dir, cfg
+
+    @abstractmethod
+    def submit(self, tasks: list[WorkerTask], resources: Resources, job_name: str) -> list[str]:
+        """Submit all tasks as one array; return their job ids in order."""
+
+    @abstractmethod
+    def states(self, job_ids: list[str]) -> dict[str, JobState]:
+        """Current state of each job (one cluster query for all of them)."""
+
+    def log_tail(self, job_id: str, chars: int = 3000) -> str:
+        paths = sorted(self.jobs_dir.glob(f"{job_id}_*_log.*")) + sorted(self.jobs_dir.glob(f"{job_id}_log.*"))
+        return "".join(p.read_text(errors="replace")[-chars:] for p in paths if p.is_file())
+
+
+class SlurmCluster(Cluster):
+    name = "slurm"
+
+    def submit(self, tasks: list[WorkerTask], resources: Resources, job_name: str) -> list[str]:
+        executor = submitit.AutoExecutor(folder=self.jobs_dir, cluster="slurm")
+        executor.update_parameters(**self.parameters(resources, len(tasks), job_name))
+        jobs = executor.map_array(run_task, tasks)
+        return [job.job_id for job in jobs]
+
+    def parameters(self, resources: Resources, count: int, job_name: str) -> dict[str, object]:
+        extra: dict[str, object] = {"export": jobenv.export_names(), **self.cfg.sbatch_extra}
+        params: dict[str, object] = dict(
+            name=job_name, timeout_min=time_limit_min(resources, self.cfg.time_margin_min),
+            cpus_per_task=resources.cpus, mem_gb=resources.mem_gb, nodes=resources.nodes,
+            slurm_array_parallelism=min(self.cfg.array_parallelism, count),
+            slurm_signal_delay_s=min(60, max(5, self.cfg.time_margin_min * 30)),
+            slurm_additional_parameters=extra)
+        if resources.gpus:
+            params["gpus_per_node"] = resources.gpus
+        params.update({f"slurm_{k}": v for k, v in (("partition", self.cfg.partition), ("account", self.cfg.account),
+                                                      ("qos", self.cfg.qos)) if v})
+        return params
+
+    def states(self, job_ids: list[str]) -> dict[str, JobState]:
+        if not job_ids:
+            return {}
+        masters = sorted({j.split("_")[0] for j in job_ids})
+        rows = _sacct(masters) or _squeue(masters)
+        return {j: rows.get(j, JobState("", "unknown")) for j in job_ids}
+
+
+def _sacct(masters: list[str]) -> dict[str, JobState]:
+    cmd = ["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(masters)]
+    return _parse_rows(_run(cmd))
+
+
+def _squeue(masters: list[str]) -> dict[str, JobState]:
+    cmd = ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(masters)]
+    return _parse_rows(_run(cmd))
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+def _parse_rows(text: str) -> dict[str, JobState]:
+    """Rows 'ID|STATE'; pending array ranges like 12_[3-5,7%2] expand to one id per task."""
+    states: dict[str, JobState] = {}
+    for line in text.splitlines():
+        job_id, _, raw = line.strip().partition("|")
+        for one in expand_array_id(job_id):
+            states[one] = JobState(raw, phase_of(raw))
+    return states
+
+
+def expand_array_id(job_id: str) -> list[str]:
+    match = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
+    if not match:
+        return [job_id] if job_id else []
+    master, spec = match.group(1), match.group(2).split("%")[0]
+    ids: list[str] = []
+    for part in spec.split(","):
+        low, _, high = part.partition("-")
+        ids += [f"{master}_{i}" for i in range(int(low), int(high or low) + 1)]
+    return ids
+
+
+_ENV_LOCK = threading.Lock()
+
+
+@contextmanager
+def scrubbed_environ() -> Iterator[None]:
+    """Processes started inside see only allow-listed variables (submitit's local executor copies
+    os.environ into the job): API keys stay in the daemon."""
+    with _ENV_LOCK:
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(jobenv.job_environ(saved))
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+class LocalCluster(Cluster):
+    """Real processes on this machine through submitit's local executor: for workstations and tests."""
+    name = "local"
+
+    def submit(self, tasks: list[WorkerTask], resources: Resources, job_name: str) -> list[str]:
+        executor = submitit.LocalExecutor(folder=self.jobs_dir)
+        executor.update_parameters(timeout_min=time_limit_min(resources, self.cfg.time_margin_min))
+        with scrubbed_environ():
+            jobs = executor.map_array(run_task, tasks)
+        return [job.job_id for job in jobs]
+
+    def states(self, job_ids: list[str]) -> dict[str, JobState]:
+        return {j: _local_state(j) for j in job_ids}
+
+
+def _local_state(job_id: str) -> JobState:
+    pid = int(job_id) if job_id.isdigit() else -1
+    _reap(pid)
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return JobState("FINISHED", "finished")
+    return JobState("FINISHED", "finished") if "\nState:\tZ" in status else JobState("RUNNING", "running")
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except (ChildProcessError, OSError):
+        pass
+
+
+class DebugCluster(Cluster):
+    """In-process, synchronous (submitit's debug executor): for unit tests of the logic only."""
+    name = "debug"
+
+    def submit(self, tasks: list[WorkerTask], resources: Resources, job_name: str) -> list[str]:
+        executor = submitit.DebugExecutor(folder=self.jobs_dir)
+        jobs = executor.map_array(run_task, tasks)
+        for job in jobs:
+            job.result()
+        return [f"debug-{job.job_id}" for job in jobs]
+
+    def states(self, job_ids: list[str]) -> dict[str, JobState]:
+        return {j: JobState("FINISHED", "finished") for j in job_ids}
+
+
+CLUSTER_CLASSES: dict[str, type[Cluster]] = {c.name: c for c in (SlurmCluster, LocalCluster, DebugCluster)}
+
+
+def make_cluster(jobs_dir: Path, cfg: ClusterConfig) -> Cluster:
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    return CLUSTER_CLASSES[cfg.cluster](jobs_dir, cfg)

@@ -1,0 +1,154 @@
+"""Search state: a view folded from the append-only event log (resume = rebuild from the log).
+
+The daemon is the single writer of events.jsonl; everything else (status, dashboard, report) reads.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pandas as pd
+
+from toolkit import fsio
+from toolkit.layout import RunLayout
+
+# Stages a candidate passes through, in order; the dashboard counts them.
+STAGES = ("proposed", "implementing", "applied", "refused", "impl_failed", "queued", "running",
+          "ok", "failed", "timeout", "invalid", "lost")
+
+
+@dataclass(frozen=True)
+class CandidateView:
+    cid: str
+    idea: str = ""
+    epoch: int = 0
+    origin: str = ""
+    implement_status: str = ""         # "" (not yet) | implementing | ready | failed | invalid
+    implement_reason: str = ""
+    implement_cost_usd: float = 0.0
+    diff_lines: int = 0
+    job_id: str = ""
+    attempt: int = 0
+    job_phase: str = ""                # queued | running | finished | unknown
+    job_raw: str = ""
+    status: str = ""                   # result status: ok | failed | timeout | invalid | lost
+    reason: str = ""
+    metric: float | None = None
+    reward: float | None = None
+    wall_s: float = 0.0
+    gpus: int = 0
+    node: str = ""
+    submitted_at: float = 0.0
+    finished_at: float = 0.0
+
+    @property
+    def stage(self) -> str:
+        if self.status:
+            return self.status
+        if self.job_id:
+            return "running" if self.job_phase == "running" else "queued"
+        return {"ready": "applied", "invalid": "refused", "failed": "impl_failed",
+                "implementing": "implementing"}.get(self.implement_status, "proposed")
+
+    @property
+    def terminal(self) -> bool:
+        return bool(self.status) or self.implement_status in ("failed", "invalid")
+
+
+@dataclass
+class RunState:
+    candidates: dict[str, CandidateView] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    llm_spend_usd: float = 0.0
+    gpu_hours: float = 0.0
+    events: int = 0
+
+    def apply(self, event: dict[str, Any]) -> None:
+        self.events += 1
+        handler = _HANDLERS.get(event.get("kind", ""))
+        if handler is not None:
+            handler(self, event)
+
+    def update(self, cid: str, **changes: Any) -> None:
+        self.candidates[cid] = replace(self.candidates.get(cid, CandidateView(cid=cid)), **changes)
+
+    def table(self) -> pd.DataFrame:
+        rows = [{**c.__dict__, "stage": c.stage} for c in self.candidates.values()]
+        return pd.DataFrame(rows, columns=[*CandidateView.__dataclass_fields__, "stage"])
+
+    def stage_counts(self) -> dict[str, int]:
+        counts = {s: 0 for s in STAGES}
+        for c in self.candidates.values():
+            counts[c.stage] += 1
+        return counts
+
+    def execution_rate(self) -> float | None:
+        """Share of ideas that ran and returned a valid, non-zero result (the paper's definition)."""
+        done = [c for c in self.candidates.values() if c.terminal]
+        if not done:
+            return None
+        return sum(1 for c in done if c.status == "ok" and c.reward) / len(done)
+
+
+def _on_idea(state: RunState, e: dict[str, Any]) -> None:
+    state.update(e["idea_id"], idea=e["text"], epoch=e.get("epoch", 0), origin=e.get("origin", ""))
+
+
+def _on_implement_started(state: RunState, e: dict[str, Any]) -> None:
+    state.update(e["cid"], implement_status="implementing")
+
+
+def _on_implemented(state: RunState, e: dict[str, Any]) -> None:
+    state.update(e["cid"], implement_status=e["status"], implement_reason=e.get("reason", ""),
+                 implement_cost_usd=e.get("cost_usd", 0.0), diff_lines=e.get("diff_lines", 0))
+
+
+def _on_submitted(state: RunState, e: dict[str, Any]) -> None:
+    state.update(e["cid"], job_id=e["job_id"], attempt=e.get("attempt", 0), job_phase="queued",
+                 submitted_at=e.get("t", 0.0), gpus=e.get("gpus", 0), status="", reason="")
+
+
+def _on_job_state(state: RunState, e: dict[str, Any]) -> None:
+    state.update(e["cid"], job_phase=e["phase"], job_raw=e.get("raw", ""))
+
+
+def _on_result(state: RunState, e: dict[str, Any]) -> None:
+    view = state.candidates.get(e["cid"], CandidateView(cid=e["cid"]))
+    state.gpu_hours += view.gpus * e.get("wall_s", 0.0) / 3600
+    state.update(e["cid"], status=e["status"], reason=e.get("reason", ""), metric=e.get("metric"),
+                 reward=e.get("reward"), wall_s=e.get("wall_s", 0.0), node=e.get("node", ""),
+                 job_phase="finished", finished_at=e.get("t", 0.0))
+
+
+def _on_llm(state: RunState, e: dict[str, Any]) -> None:
+    state.llm_spend_usd = e.get("spent_usd", state.llm_spend_usd)
+
+
+def _on_meta(state: RunState, e: dict[str, Any]) -> None:
+    state.meta.update(e.get("data", {}))
+
+
+_HANDLERS = {"idea": _on_idea, "implement_started": _on_implement_started, "implemented": _on_implemented,
+             "submitted": _on_submitted, "job_state": _on_job_state, "result": _on_result, "llm_spend": _on_llm,
+             "meta": _on_meta}
+
+
+class EventLog:
+    """Append-only events plus the folded view; the only writer of state/events.jsonl."""
+
+    def __init__(self, layout: RunLayout) -> None:
+        self.layout = layout
+        self.state = load_state(layout)
+
+    def emit(self, kind: str, **data: Any) -> None:
+        event = {"kind": kind, "t": time.time(), **data}
+        fsio.append_jsonl(self.layout.events, event)
+        self.state.apply(event)
+
+
+def load_state(layout: RunLayout) -> RunState:
+    state = RunState()
+    for event in fsio.read_jsonl(layout.events):
+        state.apply(event)
+    return state

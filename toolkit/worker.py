@@ -1,0 +1,286 @@
+"""What each array task runs: the candidate's `run`, then the locked `eval`, then `result.json`.
+
+The worker always writes a result, whatever happens below it: errors at this boundary become data.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from toolkit import fsio, jobenv
+from toolkit.envs import EnvSpec, compute_reward, hash_files, load_env, locked_files, tree_sha256
+from toolkit.layout import CandidatePaths
+from toolkit.records import Result, to_json
+
+LOG_TAIL_CHARS = 4000
+KILL_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class WorkerTask:
+    """Everything a task needs; small and picklable (submitit sends it to the node)."""
+    cand_dir: str
+    env_dir: str                       # the run's environment snapshot (pristine codebase + env.yaml)
+    smoke: bool = False
+    data_dir: str = ""
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    returncode: int | None             # None = killed at its time limit
+    wall_s: float
+    stdout: str = ""
+
+
+class WorkerRun:
+    """One execution of one candidate. `__call__` is what submitit pickles and runs."""
+
+    def __call__(self, task: WorkerTask) -> dict[str, Any]:
+        paths = CandidatePaths(Path(task.cand_dir))
+        try:
+            result = execute(task, paths)
+        except Exception:  # the outermost frame of a job: must survive and report
+            result = Result(cid=paths.cid, status="failed", reason="worker error: " + traceback.format_exc()[-1500:])
+        result = replace(result, wall_s=result.run_s + result.eval_s, **_provenance(task, paths))
+        fsio.atomic_write_json(paths.result, to_json(result))
+        return to_json(result)
+
+
+def run_task(task: WorkerTask) -> dict[str, Any]:
+    return WorkerRun()(task)
+
+
+def execute(task: WorkerTask, paths: CandidatePaths) -> Result:
+    spec = load_env(task.env_dir, smoke=task.smoke)
+    locked = locked_files(spec.code_dir, spec.locked)
+    pristine = hash_files(spec.code_dir, locked)
+    changed = _changed(pristine, hash_files(paths.code, locked))
+    if changed:
+        return _invalid(paths, f"locked file(s) differ from the pristine copy before the run: {changed}", pristine)
+    env = _step_env(spec, task, paths)
+    run = run_step(spec.run, paths.code, env, spec.resources.time_min * 60, paths.worker_log, "run")
+    leftovers = kill_leftovers(env["TOOLKIT_RUN_TOKEN"])
+    return _after_run(spec, task, paths, env, run, pristine, locked, leftovers)
+
+
+def _after_run(spec: EnvSpec, task: WorkerTask, paths: CandidatePaths, env: dict[str, str], run: StepOutcome,
+               pristine: dict[str, str], locked: list[str], leftovers: list[int]) -> Result:
+    base = Result(cid=paths.cid, status="failed", run_s=run.wall_s, locked_sha256=pristine)
+    if run.returncode is None:
+        return replace(base, status="timeout", reason=f"run exceeded its time limit of {spec.resources.time_min} min",
+                       log_tail=_tail(paths.worker_log))
+    changed = _changed(pristine, hash_files(paths.code, locked))
+    if changed:
+        return replace(base, status="invalid", reason=f"locked file(s) modified at run time: {changed}",
+                       log_tail=_tail(paths.worker_log))
+    if leftovers:
+        return replace(base, status="invalid", reason=f"the run left {len(leftovers)} process(es) running "
+                       "in the background (killed)", log_tail=_tail(paths.worker_log))
+    if run.returncode != 0:
+        return replace(base, reason=f"run exited with code {run.returncode}", log_tail=_tail(paths.worker_log))
+    restore_locked(spec.code_dir, paths.code, locked)
+    ev = run_step(spec.eval, paths.code, env, spec.resources.eval_time_min * 60, paths.worker_log, "eval", capture=True)
+    kill_leftovers(env["TOOLKIT_RUN_TOKEN"])
+    return replace(judge(spec, ev, paths), run_s=run.wall_s, eval_s=ev.wall_s, locked_sha256=pristine)
+
+
+def judge(spec: EnvSpec, ev: StepOutcome, paths: CandidatePaths) -> Result:
+    """Turn the locked eval's output into a result: metrics from its last stdout line, never from free text."""
+    fail = Result(cid=paths.cid, status="failed", log_tail=_tail(paths.worker_log))
+    if ev.returncode is None:
+        return replace(fail, status="timeout", reason=f"eval exceeded {spec.resources.eval_time_min} min")
+    if ev.returncode != 0:
+        return replace(fail, reason=f"eval exited with code {ev.returncode}")
+    metrics = parse_metrics(ev.stdout)
+    if metrics is None:
+        return replace(fail, reason="eval's last stdout line is not a JSON object of metrics")
+    return score(spec, metrics, fail)
+
+
+def score(spec: EnvSpec, metrics: dict[str, Any], base: Result) -> Result:
+    if "invalid" in metrics:
+        return replace(base, status="invalid", reason=f"eval: {metrics['invalid']}", metrics=metrics)
+    value = metrics.get(spec.metric)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return replace(base, status="invalid", metrics=metrics, reason=f"metric {spec.metric!r} missing or not a finite number")
+    low, high = spec.metric_range
+    if not low <= value <= high:
+        return replace(base, status="invalid", metrics=metrics, metric=value,
+                       reason=f"implausible {spec.metric}={value} outside [{low}, {high}]")
+    try:
+        reward = compute_reward(spec.reward, metrics)
+    except (ArithmeticError, KeyError, ValueError, TypeError) as exc:
+        return replace(base, status="invalid", metrics=metrics, metric=value, reason=f"reward {spec.reward!r}: {exc!r}")
+    return replace(base, status="ok", metrics=metrics, metric=float(value), reward=reward, log_tail="")
+
+
+def parse_metrics(stdout: str) -> dict[str, Any] | None:
+    lines = [line for line in stdout.strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    try:
+        data = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def run_step(command: str, cwd: Path, env: dict[str, str], timeout_s: float, log: Path, label: str,
+             capture: bool = False) -> StepOutcome:
+    """Run `command` with bash in its own session; on timeout kill the whole group. Output goes to `log`."""
+    start = time.monotonic()
+    with log.open("a") as log_f:
+        log_f.write(f"\n===== {label}: {command} =====\n")
+        log_f.flush()
+        out = subprocess.PIPE if capture else log_f
+        proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=out, stderr=log_f,
+                                stdin=subprocess.DEVNULL, start_new_session=True, text=True)
+        stdout, code = _wait(proc, timeout_s)
+        if capture:
+            log_f.write(stdout)
+    return StepOutcome(returncode=code, wall_s=time.monotonic() - start, stdout=stdout)
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float) -> tuple[str, int | None]:
+    try:
+        stdout, _ = proc.communicate(timeout=timeout_s)
+        return stdout or "", proc.returncode
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        stdout, _ = proc.communicate()
+        return stdout or "", None
+
+
+def _kill_group(pgid: int) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        time.sleep(KILL_GRACE_S if sig == signal.SIGTERM else 0)
+
+
+def kill_leftovers(token: str) -> list[int]:
+    """Kill every process that still carries this run's token in its environment (setsid can't hide it)."""
+    needle = f"TOOLKIT_RUN_TOKEN={token}".encode()
+    found = [pid for pid in _pids() if pid != os.getpid() and needle in _environ_of(pid)]
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return found
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _environ_of(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
+
+
+def restore_locked(pristine_dir: Path, code_dir: Path, locked: list[str]) -> None:
+    """Eval always runs against pristine copies of the locked files."""
+    for rel in locked:
+        dest = code_dir / rel
+        if dest.is_symlink() or dest.is_file():
+            dest.unlink()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(pristine_dir / rel, dest)
+
+
+def _step_env(spec: EnvSpec, task: WorkerTask, paths: CandidatePaths) -> dict[str, str]:
+    env = jobenv.job_environ()
+    env.update({k: str(v) for k, v in spec.env_vars.items()})
+    paths.scratch.mkdir(parents=True, exist_ok=True)
+    env.update(TOOLKIT_DATA_DIR=data_dir(task, spec), TOOLKIT_SCRATCH=str(paths.scratch),
+               TOOLKIT_RUN_TOKEN=secrets.token_hex(8), PYTHONUNBUFFERED="1")
+    if task.smoke:
+        env["TOOLKIT_SMOKE"] = "1"
+    return env
+
+
+def data_dir(task: WorkerTask, spec: EnvSpec) -> str:
+    default = Path("~/.cache/toolkit/data").expanduser() / spec.name
+    return str(Path(task.data_dir).expanduser()) if task.data_dir else str(default)
+
+
+def _invalid(paths: CandidatePaths, reason: str, pristine: dict[str, str]) -> Result:
+    return Result(cid=paths.cid, status="invalid", reason=reason, locked_sha256=pristine)
+
+
+def _changed(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    return sorted(p for p in before if before[p] != after.get(p))
+
+
+def _tail(log: Path) -> str:
+    try:
+        return log.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+    except OSError:
+        return ""
+
+
+def _provenance(task: WorkerTask, paths: CandidatePaths) -> dict[str, Any]:
+    return dict(job_id=current_job_id(), node=socket.gethostname(), gpu=gpu_name(), attempt=task.attempt,
+                code_sha256=tree_sha256(paths.code) if paths.code.is_dir() else "", finished_at=time.time(),
+                versions=_versions())
+
+
+def current_job_id() -> str:
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID", f"local-{os.getpid()}")
+
+
+def gpu_name() -> str:
+    if not shutil.which("nvidia-smi") or not os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return "none"
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    names = sorted(set(line.strip() for line in out.splitlines() if line.strip()))
+    return ",".join(names) or "unknown"
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": sys.version.split()[0]}
+    for pkg in ("torch", "toolkit"):
+        try:
+            found[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m toolkit.worker TASK.json`: run one task by hand (debugging a candidate)."""
+    args = argv if argv is not None else sys.argv[1:]
+    task = WorkerTask(**json.loads(Path(args[0]).read_text()))
+    print(json.dumps(run_task(task), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
