@@ -13,11 +13,12 @@ TOY_ENV = FIXTURES / "toy_env"
 REVISION_MARK = "Your previous attempt did not work"
 
 
-def make_diff(code_dir: Path, rel: str, old: str, new: str) -> str:
-    """A real unified diff replacing `old` with `new` in code_dir/rel (exactly once)."""
-    before = (code_dir / rel).read_text()
-    assert before.count(old) == 1, f"{old!r} must occur once in {rel}"
-    after = before.replace(old, new)
+def make_diff(code_dir: Path, rel: str, *pairs: str) -> str:
+    """A real unified diff replacing each (old, new) pair in code_dir/rel (each `old` occurs once)."""
+    before = after = (code_dir / rel).read_text()
+    for old, new in zip(pairs[::2], pairs[1::2]):
+        assert after.count(old) == 1, f"{old!r} must occur once in {rel}"
+        after = after.replace(old, new)
     lines = difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
                                  fromfile=f"a/{rel}", tofile=f"b/{rel}")
     return "".join(lines)

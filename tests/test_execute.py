@@ -24,8 +24,15 @@ IDEAS = {
 }
 
 
+def _dump_env_diff() -> str:
+    """A new file that records the job's environment, so tests can prove no API key reached the job."""
+    body = ["import json, os", "json.dump(dict(os.environ), open('env_dump.json', 'w'))"]
+    return "--- /dev/null\n+++ b/dump_env.py\n@@ -0,0 +1,2 @@\n" + "".join(f"+{line}\n" for line in body)
+
+
 def batch_rules(code: Path) -> dict:
-    good = make_diff(code, "train.py", "LR = 0.05 ", "LR = 0.3 ")
+    good = make_diff(code, "train.py", "LR = 0.05 ", "LR = 0.3 ", "import os\n", "import os\nimport dump_env\n")
+    good += _dump_env_diff()
     steps = make_diff(code, "train.py", 'STEPS = int(os.environ.get("TOY_STEPS", "50"))',
                       'STEPS = 4 * int(os.environ.get("TOY_STEPS", "50"))')
     broken = steps.replace("-STEPS = int(", "-STEPS = float(")
@@ -71,6 +78,9 @@ def check_batch(layout: RunLayout) -> None:
     assert by_marker["IDEA-CRASH"].status == "failed" and "exited with code" in by_marker["IDEA-CRASH"].reason
     slow = by_marker["IDEA-SLOW"]
     assert slow.status == "timeout", slow
+    dumped = (layout.candidate(good.cid).code / "env_dump.json")
+    assert dumped.exists()
+    assert "planted-secret" not in dumped.read_text() and "API_KEY" not in dumped.read_text()
     for view in (good, revise):
         result = json.loads(layout.candidate(view.cid).result.read_text())
         assert result["code_sha256"] and set(result["locked_sha256"]) == {"eval.py", "data.py"}

@@ -16,6 +16,11 @@ ALLOW = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_*", "TZ", "T
 DENY = ("*KEY*", "*TOKEN*", "*SECRET*", "*PASSWORD*", "*PASSWD*", "*CREDENTIAL*", "*_AUTH*")
 
 
+# Set inside the batch script (by submitit) before `srun`: srun re-applies the --export list, so these
+# names must be on it too, or the task cannot tell it runs under submitit.
+BATCH_SET = ("SUBMITIT_EXECUTOR",)
+
+
 def allowed(name: str, extra_allow: tuple[str, ...] = ()) -> bool:
     upper = name.upper()
     if any(fnmatch.fnmatchcase(upper, pattern) for pattern in DENY):
@@ -34,5 +39,5 @@ def job_environ(source: Mapping[str, str] | None = None, extra_allow: tuple[str,
 
 def export_names(source: Mapping[str, str] | None = None, extra_allow: tuple[str, ...] = ()) -> str:
     """The value for `sbatch --export=`: only allow-listed names (SLURM adds its own SLURM_* variables)."""
-    names = sorted(job_environ(source, extra_allow))
-    return ",".join(names) if names else "NONE"
+    names = sorted(set(job_environ(source, extra_allow)) | set(BATCH_SET))
+    return ",".join(names)

@@ -1,0 +1,27 @@
+"""The same batch as test_execute.py, submitted as a real SLURM array to the dev cluster."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from test_execute import check_batch, run_batch
+from toolkit.state import load_state
+
+
+@pytest.mark.slurm
+def test_execute_batch_on_slurm(tmp_path: Path) -> None:
+    layout = run_batch(tmp_path, {"cluster": "slurm"}, ["--partition", "debug"])
+    check_batch(layout)
+    state = load_state(layout)
+    job_ids = [v.job_id for v in state.candidates.values() if v.job_id]
+    assert len({j.split("_")[0] for j in job_ids}) == 1, f"one array for the whole batch, got {job_ids}"
+    assert all("_" in j for j in job_ids)
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,Partition", "-j", job_ids[0].split("_")[0]],
+                         capture_output=True, text=True, check=True).stdout
+    assert "debug" in out
+    result = json.loads(layout.candidate(job_ids and next(v.cid for v in state.candidates.values()
+                                                           if v.status == "ok")).result.read_text())
+    assert result["job_id"] in job_ids
