@@ -58,10 +58,18 @@ def run_batch(tmp_path: Path, cluster: dict, extra: list[str]) -> RunLayout:
     env_dir, ideas, config = write_inputs(tmp_path, cluster)
     with FakeLLMServer(scripted(batch_rules(env_dir / "code"))) as server:
         rc = main(["execute", str(ideas), "--env", str(env_dir), "--out", str(tmp_path / "run"),
-                   "--config", str(config), "--llm", "anthropic", "--model", "claude-sonnet-4-5",
+                   "--config", str(config), "--llm", "anthropic", "--model", "claude-sonnet-4-6",
                    "--base-url", server.base_url, *extra])
     assert rc == 0
     return RunLayout(tmp_path / "run")
+
+
+def rerun(tmp_path: Path) -> None:
+    with FakeLLMServer(["unused"]) as server:
+        rc = main(["execute", str(tmp_path / "ideas.jsonl"), "--env", str(tmp_path / "my_env"), "--out",
+                   str(tmp_path / "run"), "--config", str(tmp_path / "run.yaml"), "--llm", "anthropic",
+                   "--model", "claude-sonnet-4-6", "--base-url", server.base_url])
+        assert rc == 0 and not server.requests
 
 
 def check_batch(layout: RunLayout) -> None:
@@ -95,6 +103,12 @@ def test_execute_batch_local(tmp_path: Path) -> None:
     check_batch(layout)
     calls = [json.loads(line) for line in layout.llm_calls.read_text().splitlines()]
     assert calls and all(c["status"] == "ok" for c in calls)
+    submitted = layout.events.read_text().count('"kind": "submitted"')
+    # the same command again resumes a finished run: nothing is implemented or submitted twice
+    rerun(tmp_path)
+    assert layout.events.read_text().count('"kind": "submitted"') == submitted
+    assert len(layout.llm_calls.read_text().splitlines()) == len(calls)
+    check_batch(layout)
 
 
 def test_execute_rejects_bad_ideas_file(tmp_path: Path, capsys) -> None:

@@ -4,21 +4,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import signal
 import sys
-import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.live import Live
 
-from toolkit import dashboard, fsio
+from toolkit import dashboard
 from toolkit.config import CLUSTERS
-from toolkit.daemon import Daemon
 from toolkit.errors import ConfigError, ToolkitError
 from toolkit.layout import RunLayout
 from toolkit.records import Idea
-from toolkit.runs import load_run_config, open_run, with_llm
+from toolkit.executor import execute_ideas
+from toolkit.runs import load_run_config, with_llm
 from toolkit.state import load_state
 
 console = Console()
@@ -73,35 +70,12 @@ def apply_flags(cfg, args: argparse.Namespace):
 def cmd_execute(args: argparse.Namespace) -> int:
     cfg = apply_flags(load_run_config(Path(args.config) if args.config else None), args)
     ideas = read_ideas(Path(args.ideas))
-    parts = open_run(Path(args.out), cfg)
-    lock = fsio.DaemonLock(parts.layout.lock)
-    lock.acquire()
-    daemon = Daemon(parts)
-    try:
-        daemon.add_ideas(ideas)
-        run_until_done(daemon, parts.cfg.cluster.poll_s)
-    finally:
-        daemon.close()
-        lock.release()
-    state = daemon.state
+    state = execute_ideas(Path(args.out), cfg, ideas, live=True)
     console.print(dashboard.execute_view(state))
     rate = state.execution_rate()
     console.print(f"execution rate: {'-' if rate is None else f'{rate:.0%}'} "
                   f"({sum(1 for c in state.candidates.values() if c.status == 'ok')}/{len(state.candidates)} ok)")
     return 0
-
-
-def run_until_done(daemon: Daemon, poll_s: float) -> None:
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    with Live(dashboard.execute_view(daemon.state), console=console, refresh_per_second=2,
-              transient=not console.is_terminal) as live:
-        while not daemon.done() and not stop["now"]:
-            sleep_s = daemon.tick()
-            live.update(dashboard.execute_view(daemon.state))
-            if daemon.done():
-                break
-            time.sleep(min(sleep_s, poll_s))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -1,0 +1,78 @@
+"""Config, environment contract, reward expressions, job environment: fast unit tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import TOY_ENV, copy_env
+from toolkit import jobenv
+from toolkit.config import ClusterConfig, RunConfig, from_dict
+from toolkit.envs import compute_reward, load_env
+from toolkit.errors import ConfigError, EnvError
+
+
+def test_unknown_config_key_lists_valid_keys() -> None:
+    with pytest.raises(ConfigError) as err:
+        from_dict(RunConfig, {"cluster": {"partiton": "h100"}}, "run.yaml")
+    message = str(err.value)
+    assert "run.yaml.cluster" in message and "partiton" in message and "partition (default '')" in message
+
+
+def test_config_type_and_choice_errors() -> None:
+    with pytest.raises(ConfigError, match="poll_s"):
+        from_dict(RunConfig, {"cluster": {"poll_s": "fast"}}, "x.yaml")
+    with pytest.raises(ConfigError, match="slurm, local, debug"):
+        from_dict(RunConfig, {"cluster": {"cluster": "kubernetes"}}, "x.yaml")
+    cfg = from_dict(RunConfig, {"cluster": {"poll_s": 2}, "llm": {"implementer": {"model": "m"}}}, "x.yaml")
+    assert cfg.cluster.poll_s == 2.0 and cfg.llm.implementer.model == "m"
+    assert isinstance(cfg.cluster, ClusterConfig)
+
+
+def test_shipped_and_user_envs_load() -> None:
+    toy = load_env(str(TOY_ENV))
+    assert toy.metric == "val_mse" and toy.locked == ("eval.py", "data.py")
+    smoke = load_env(str(TOY_ENV), smoke=True)
+    assert smoke.env_vars["TOY_STEPS"] == "20" and toy.env_vars["TOY_STEPS"] == "50"
+
+
+@pytest.mark.parametrize("edit, complaint", [
+    ({"reward": "__import__('os').system('true')"}, "reward"),
+    ({"locked": ["eval.py", "nope.py"]}, "nope.py"),
+    ({"hidden": ["train.py"]}, "hidden file 'train.py'"),
+    ({"codebase": "missing"}, "codebase directory"),
+    ({"direction": "up"}, "direction"),
+    ({"gpus": 1}, "unknown key(s) gpus"),
+])
+def test_bad_env_yaml_names_file_and_key(tmp_path: Path, edit: dict, complaint: str) -> None:
+    env = copy_env(tmp_path / "env")
+    data = yaml.safe_load((env / "env.yaml").read_text())
+    (env / "env.yaml").write_text(yaml.safe_dump({**data, **edit}))
+    with pytest.raises(EnvError) as err:
+        load_env(str(env))
+    assert str(env / "env.yaml") in str(err.value) and complaint in str(err.value)
+
+
+def test_unknown_env_name_lists_shipped() -> None:
+    with pytest.raises(EnvError, match="tiny_lm"):
+        load_env("no_such_env")
+
+
+def test_reward_expressions() -> None:
+    assert compute_reward("1/val_loss", {"val_loss": 4.0}) == 0.25
+    assert compute_reward("max(acc, 0) * 100", {"acc": 0.5}) == 50.0
+    with pytest.raises(ZeroDivisionError):
+        compute_reward("1/val_loss", {"val_loss": 0})
+    with pytest.raises(ValueError):
+        compute_reward("val_loss.__class__", {"val_loss": 1.0})
+
+
+def test_job_environment_drops_secrets() -> None:
+    source = {"PATH": "/usr/bin", "HOME": "/root", "ANTHROPIC_API_KEY": "sk", "OPENAI_API_KEY": "sk",
+              "HF_TOKEN": "hf", "SLURM_JOB_ID": "3", "TOOLKIT_SECRET_KEY": "x", "CUDA_VISIBLE_DEVICES": "0",
+              "AWS_SECRET_ACCESS_KEY": "a", "RANDOM_VAR": "r"}
+    env = jobenv.job_environ(source)
+    assert set(env) == {"PATH", "HOME", "SLURM_JOB_ID", "CUDA_VISIBLE_DEVICES"}
+    names = jobenv.export_names(source).split(",")
+    assert "ANTHROPIC_API_KEY" not in names and "SUBMITIT_EXECUTOR" in names

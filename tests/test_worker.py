@@ -1,0 +1,82 @@
+"""The worker on real processes: statuses, locked-file checks, metric integrity, leftovers."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import TOY_ENV, copy_env
+from toolkit.layout import CandidatePaths
+from toolkit.worker import WorkerTask, parse_metrics, run_task
+
+
+def make_candidate(tmp_path: Path, edit=None) -> tuple[WorkerTask, CandidatePaths]:
+    env = copy_env(tmp_path / "env")
+    cand = CandidatePaths(tmp_path / "cand")
+    shutil.copytree(env / "code", cand.code)
+    if edit:
+        edit(cand.code)
+    return WorkerTask(cand_dir=str(cand.root), env_dir=str(env)), cand
+
+
+def append(rel: str, text: str):
+    return lambda code: (code / rel).write_text((code / rel).read_text() + text)
+
+
+def test_baseline_ok_with_provenance(tmp_path: Path) -> None:
+    task, cand = make_candidate(tmp_path)
+    result = run_task(task)
+    assert result["status"] == "ok", result
+    assert result["metric"] == pytest.approx(0.1258, abs=1e-3) and result["reward"] == pytest.approx(1 / result["metric"])
+    assert json.loads(cand.result.read_text()) == result
+    assert result["code_sha256"] and result["node"] and result["wall_s"] > 0
+
+
+def test_crash_is_failed_with_log_tail(tmp_path: Path) -> None:
+    task, _ = make_candidate(tmp_path, append("train.py", "\nraise SystemExit('kaput-7')\n"))
+    result = run_task(task)
+    assert result["status"] == "failed" and "kaput-7" in result["log_tail"]
+
+
+def test_fake_metrics_line_from_training_is_ignored(tmp_path: Path) -> None:
+    task, _ = make_candidate(tmp_path, append("train.py", '\nprint(\'{"val_mse": 0.0001}\')\n'))
+    result = run_task(task)
+    assert result["status"] == "ok" and result["metric"] > 0.1
+
+
+def test_runtime_write_to_locked_file_is_invalid(tmp_path: Path) -> None:
+    task, _ = make_candidate(tmp_path, append("train.py", "\nopen('eval.py', 'a').write('# hacked')\n"))
+    result = run_task(task)
+    assert result["status"] == "invalid" and "eval.py" in result["reason"]
+
+
+def test_locked_file_changed_before_run_is_invalid(tmp_path: Path) -> None:
+    task, _ = make_candidate(tmp_path, append("data.py", "\n# sneaky\n"))
+    result = run_task(task)
+    assert result["status"] == "invalid" and "data.py" in result["reason"]
+
+
+def test_background_process_left_behind_is_invalid(tmp_path: Path) -> None:
+    code = "\nimport subprocess\nsubprocess.Popen(['setsid', 'sleep', '300'])\n"
+    task, _ = make_candidate(tmp_path, append("train.py", code))
+    result = run_task(task)
+    assert result["status"] == "invalid" and "background" in result["reason"]
+
+
+def test_implausible_metric_is_invalid(tmp_path: Path) -> None:
+    task, _ = make_candidate(tmp_path, append("train.py", "\nimport json; json.dump({'w': 3.0, 'b': 1.0}, open('model.json', 'w'))\n"))
+    result = run_task(task)
+    # w=3, b=1 is the exact generator: the val mse is the noise (0.01), inside the toy's plausible range
+    assert result["status"] == "ok"
+    task2, _ = make_candidate(tmp_path / "b", append("train.py", "\nimport json; json.dump({'w': 300.0, 'b': 1.0}, open('model.json', 'w'))\n"))
+    result2 = run_task(task2)
+    assert result2["status"] == "invalid" and "implausible" in result2["reason"]
+
+
+def test_parse_metrics() -> None:
+    assert parse_metrics('noise\n{"a": 1}\n\n') == {"a": 1}
+    assert parse_metrics('{"a": 1}\ntrailing text') is None
+    assert parse_metrics("[1, 2]") is None
+    assert parse_metrics("") is None

@@ -1,0 +1,285 @@
+"""One small interface to every LLM. Retries, backoff, timeouts, concurrency and cost accounting live here, once.
+
+A provider implements `_call_once` (one attempt, no retries) and raises `CallError` for API trouble; the
+base class turns every failure into an `LLMReply` with a status and a reason, so callers never see a vendor
+exception. Config bugs (unknown provider, missing API key, conflicting settings) raise `LLMConfigError`.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import random
+import threading
+import time
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from toolkit.errors import ConfigError
+from toolkit.fsio import append_jsonl
+from toolkit.llm import prices
+
+log = logging.getLogger(__name__)
+
+MAX_EMPTY_RETRIES = 2          # an empty reply is retried at most this often (it usually means a thinking overrun)
+MAX_SLEEP_S = 300.0            # cap on one backoff or Retry-After sleep
+RETRYABLE_HTTP = frozenset({408, 409, 429})   # plus every 5xx
+
+# provider -> "module:Class"; modules load lazily so `import toolkit.llm` never imports a vendor SDK
+PROVIDERS: dict[str, str] = {
+    "anthropic": "toolkit.llm.anthropic_client:AnthropicClient",
+    "openai": "toolkit.llm.openai_client:OpenAIClient",
+    "openai-compatible": "toolkit.llm.openai_client:OpenAICompatibleClient",
+    "replay": "toolkit.llm.replay:ReplayClient",
+}
+
+
+class LLMConfigError(ConfigError, ValueError):
+    """LLM settings that cannot work (unknown provider, missing key, conflicting fields)."""
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    provider: str = "replay"            # "anthropic" | "openai" | "openai-compatible" | "replay"
+    model: str = ""
+    temperature: float = 1.0
+    max_tokens: int = 10000
+    thinking_budget_tokens: int = 0     # anthropic extended thinking (paper: ~3000); 0 = off
+    reasoning_effort: str = ""          # openai reasoning models: "low"|"medium"|"high"; "" = not sent
+    base_url: str = ""                  # openai-compatible (vLLM) endpoint, or override for the others
+    api_key_env: str = ""               # env var holding the key; "" = the provider's default variable
+    stream: bool = False
+    timeout_s: float = 600.0            # per HTTP call
+    max_retries: int = 6                # our retries on 429 / 5xx / timeouts / connection errors (SDK retries off)
+    backoff_s: float = 2.0              # base of exponential backoff with jitter; Retry-After wins when given
+    concurrency: int = 32               # parallel calls in complete_many (and in flight per client)
+    replay_file: str = ""               # replay provider: JSONL of recorded responses
+    record_file: str = ""               # any provider: append each ok response to this JSONL in replay format
+    price_input_per_mtok: float = -1.0  # USD per million tokens; -1 = the built-in table in prices.py
+    price_output_per_mtok: float = -1.0
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise LLMConfigError(f"llm provider {self.provider!r} is unknown; valid: {', '.join(PROVIDERS)}")
+        for name in ("max_tokens", "concurrency", "timeout_s"):
+            if getattr(self, name) <= 0:
+                raise LLMConfigError(f"llm {name}={getattr(self, name)} must be > 0")
+        if self.max_retries < 0 or self.backoff_s < 0:
+            raise LLMConfigError("llm max_retries and backoff_s must be >= 0")
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    prompt: str                 # the user message
+    system: str = ""
+    tag: str = ""               # free label for accounting (e.g. "implement:<cid>:s3")
+
+
+@dataclass(frozen=True)
+class LLMReply:
+    status: str                 # "ok" | "error" | "budget"
+    text: str = ""
+    thinking: str = ""
+    reason: str = ""            # why not ok
+    model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    wall_s: float = 0.0
+    attempts: int = 0
+    finish_reason: str = ""     # a truncated reply ("length"/"max_tokens") is still ok, but marked
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class CallError(Exception):
+    """One failed attempt, raised by a provider's `_call_once`."""
+
+    def __init__(self, code: str, detail: str = "", retryable: bool = False,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code, self.detail = code, detail
+        self.retryable, self.retry_after_s = retryable, retry_after_s
+
+    def reason(self, retries: int) -> str:
+        head = f"{self.code} after {retries} retries" if self.retryable else self.code
+        return f"{head}: {self.detail}" if self.detail else head
+
+
+def http_error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> CallError:
+    """An HTTP error answer as a CallError. A status below 400 is an error event inside a 200 stream."""
+    retryable = status < 400 or status >= 500 or status in RETRYABLE_HTTP
+    return CallError(str(status), detail, retryable, retry_after_s(headers or {}))
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        try:
+            return max(0.0, float(headers[name]) * scale)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return None
+
+
+def error_detail(body: Any, fallback: str) -> str:
+    """The human message of an API error body ({"error": {"message": ...}} or the inner object), else fallback."""
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    message = inner.get("message") if isinstance(inner, dict) else None
+    return str(message) if message else fallback
+
+
+def api_key_from_env(settings: LLMSettings, default_env: str) -> str:
+    env = settings.api_key_env or default_env
+    key = os.environ.get(env, "")
+    if not key:
+        raise LLMConfigError(f"llm provider {settings.provider!r} needs an API key in ${env} "
+                             f"(export it, or set api_key_env to the variable that holds it)")
+    return key
+
+
+class SpendMeter:
+    """Thread-safe running total of tokens and USD, shared by all clients of a run."""
+
+    def __init__(self, cap_usd: float | None = None, spent_usd: float = 0.0) -> None:
+        self.cap_usd = cap_usd
+        self._lock = threading.Lock()
+        self._spent_usd, self._calls, self._input_tokens, self._output_tokens = spent_usd, 0, 0, 0
+
+    def exhausted(self) -> bool:
+        return self.cap_usd is not None and self.spent_usd >= self.cap_usd
+
+    def charge(self, reply: LLMReply) -> None:
+        with self._lock:
+            self._spent_usd += reply.cost_usd
+            self._calls += 1
+            self._input_tokens += reply.input_tokens
+            self._output_tokens += reply.output_tokens
+
+    @property
+    def spent_usd(self) -> float:
+        with self._lock:
+            return self._spent_usd
+
+    @property
+    def calls(self) -> int:
+        return self._calls
+
+    @property
+    def input_tokens(self) -> int:
+        return self._input_tokens
+
+    @property
+    def output_tokens(self) -> int:
+        return self._output_tokens
+
+
+OnReply = Callable[[ChatRequest, LLMReply], None]
+_RECORD_LOCK = threading.Lock()
+
+
+class LLMClient(ABC):
+    billed = False      # True: the provider charges per token, so an unpriced model deserves a warning
+
+    def __init__(self, settings: LLMSettings, meter: SpendMeter | None = None,
+                 on_reply: OnReply | None = None) -> None:
+        if self.billed and not prices.has_price(settings):
+            log.warning("llm model %r has no price in toolkit/llm/prices.py: its cost counts as 0 and the spend "
+                        "cap cannot stop it; set price_input_per_mtok and price_output_per_mtok", settings.model)
+        self.settings = settings
+        self.meter = meter if meter is not None else SpendMeter()
+        self._on_reply = on_reply
+        self._slots = threading.BoundedSemaphore(settings.concurrency)
+        self._sleep = time.sleep
+
+    @abstractmethod
+    def _call_once(self, req: ChatRequest) -> LLMReply:
+        """One attempt: an "ok" reply with tokens (cost is added here), or raise CallError."""
+
+    def complete(self, req: ChatRequest) -> LLMReply:
+        """Never raises for API trouble; a spent meter gives a "budget" reply without calling the API."""
+        with self._slots:    # the meter is read after the wait for a slot, so queued calls see the cap
+            reply = self._budget_reply() if self.meter.exhausted() else self._with_retries(req)
+        if reply.status != "budget":
+            self.meter.charge(reply)
+            self._record(req, reply)
+        if self._on_reply is not None:
+            self._on_reply(req, reply)
+        return reply
+
+    def _budget_reply(self) -> LLMReply:
+        return LLMReply("budget", reason=f"spend cap {self.meter.cap_usd:.2f} USD reached", model=self.settings.model)
+
+    def complete_many(self, reqs: Sequence[ChatRequest]) -> list[LLMReply]:
+        if not reqs:
+            return []
+        workers = min(self.settings.concurrency, len(reqs))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llm") as pool:
+            return list(pool.map(self.complete, reqs))
+
+    def _with_retries(self, req: ChatRequest) -> LLMReply:
+        start, used, empties = time.monotonic(), LLMReply("error"), 0
+        for attempt in range(1, self.settings.max_retries + 2):
+            try:
+                reply = self._call_once(req)
+            except CallError as err:
+                if not err.retryable or attempt > self.settings.max_retries:
+                    return self._failed(err, used, attempt, start)
+                self._sleep(self._backoff_s(attempt, err.retry_after_s))
+                continue
+            used = _add_usage(used, self._priced(reply))
+            if reply.text.strip():
+                return self._stamped(reply, used, attempt, start)
+            empties += 1
+            if empties > MAX_EMPTY_RETRIES or attempt > self.settings.max_retries:
+                empty = CallError("empty output", f"finish_reason={reply.finish_reason or '?'}", retryable=True)
+                return self._failed(empty, used, attempt, start, retries=empties - 1)
+            self._sleep(self._backoff_s(attempt, None))
+        raise AssertionError("unreachable: the last attempt always returns")
+
+    def _backoff_s(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, MAX_SLEEP_S)
+        return min(self.settings.backoff_s * 2 ** (attempt - 1), MAX_SLEEP_S) * random.uniform(0.5, 1.0)
+
+    def _priced(self, reply: LLMReply) -> LLMReply:
+        cost = prices.cost_usd(self.settings, reply.model, reply.input_tokens, reply.output_tokens)
+        return replace(reply, cost_usd=cost)
+
+    def _stamped(self, reply: LLMReply, used: LLMReply, attempt: int, start: float) -> LLMReply:
+        return replace(reply, input_tokens=used.input_tokens, output_tokens=used.output_tokens,
+                       cost_usd=used.cost_usd, attempts=attempt, wall_s=time.monotonic() - start)
+
+    def _failed(self, err: CallError, used: LLMReply, attempt: int, start: float,
+                retries: int | None = None) -> LLMReply:
+        reason = err.reason(attempt - 1 if retries is None else retries)
+        failed = LLMReply("error", reason=reason, model=self.settings.model)
+        return self._stamped(failed, used, attempt, start)
+
+    def _record(self, req: ChatRequest, reply: LLMReply) -> None:
+        if not self.settings.record_file or not reply.ok:
+            return
+        line = {"match": req.tag, "text": reply.text, "thinking": reply.thinking, "model": reply.model}
+        with _RECORD_LOCK:
+            append_jsonl(Path(self.settings.record_file), line)
+
+
+def _add_usage(total: LLMReply, more: LLMReply) -> LLMReply:
+    return replace(total, input_tokens=total.input_tokens + more.input_tokens,
+                   output_tokens=total.output_tokens + more.output_tokens,
+                   cost_usd=total.cost_usd + more.cost_usd)
+
+
+def make_client(settings: LLMSettings, meter: SpendMeter | None = None,
+                on_reply: OnReply | None = None) -> LLMClient:
+    """The client for settings.provider; raises LLMConfigError for settings that cannot work."""
+    target = PROVIDERS.get(settings.provider)
+    if target is None:
+        raise LLMConfigError(f"llm provider {settings.provider!r} is unknown; valid: {', '.join(PROVIDERS)}")
+    module_name, class_name = target.split(":")
+    cls: type[LLMClient] = getattr(importlib.import_module(module_name), class_name)
+    return cls(settings, meter, on_reply)

@@ -1,0 +1,1 @@
+"""Test doubles: the loopback fake of the OpenAI/Anthropic APIs (fake_llm)."""
