@@ -4,18 +4,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
 from rich.console import Console
 
 from toolkit import dashboard
-from toolkit.config import CLUSTERS
+from toolkit.config import CLUSTERS, SearchRunConfig
+from toolkit.evolve import run_dir_for, run_search
 from toolkit.errors import ConfigError, ToolkitError
 from toolkit.layout import RunLayout
 from toolkit.records import Idea
 from toolkit.executor import execute_ideas
-from toolkit.runs import load_run_config, with_llm
+from toolkit.runs import load_run_config, prefer_real_llm, with_llm
 from toolkit.state import load_state
 
 console = Console()
@@ -82,7 +84,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     layout = RunLayout(Path(args.run_dir))
     if not layout.events.exists():
         raise ConfigError(f"{layout.events}: not found; is {layout.root} a toolkit run directory?")
-    console.print(dashboard.execute_view(load_state(layout)))
+    state = load_state(layout)
+    view = dashboard.search_view(state) if "search" in state.meta else dashboard.execute_view(state)
+    console.print(view)
+    holder = layout.lock.read_text().strip() if layout.lock.exists() else ""
+    console.print(f"daemon: {'running (' + holder + ')' if holder else 'not running'}")
+    return 0
+
+
+def cmd_evolve(args: argparse.Namespace) -> int:
+    config_path = Path(args.config) if args.config else None
+    cfg = apply_flags(load_run_config(config_path, SearchRunConfig), args)
+    cfg = prefer_real_llm(cfg, dict(os.environ))
+    run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(cfg, config_path)
+    if cfg.llm.ideator.provider == "replay":
+        console.print("[bold yellow]Replay mode:[/] the LLM answers come from a bundled recording "
+                      f"({cfg.llm.ideator.replay_file}); set ANTHROPIC_API_KEY or OPENAI_API_KEY for a live model.")
+    console.print(f"run directory: {run_dir}  (rerun the same command to resume; `toolkit status {run_dir}`)")
+    state = run_search(run_dir, cfg, console, live=console.is_terminal)
+    rate = state.execution_rate()
+    console.print(f"execution rate: {'-' if rate is None else f'{rate:.0%}'}; LLM ${state.llm_spend_usd:.2f}; "
+                  f"GPU-hours {state.gpu_hours:.2f}")
     return 0
 
 
@@ -99,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_flags(ex)
     add_llm_flags(ex)
     ex.set_defaults(func=cmd_execute)
+    ev = sub.add_parser("evolve", help="evolutionary (or best-of-N) search as a resumable daemon")
+    ev.add_argument("--config", help="search config YAML (e.g. configs/quickstart.yaml)")
+    ev.add_argument("--run-dir", help="run directory (default: run_dir in the config, else runs/<config name>)")
+    ev.add_argument("--env", help="override the config's environment")
+    ev.add_argument("--smoke", action="store_true", help="use the environment's CPU smoke settings")
+    ev.add_argument("--samples", type=int, help="diffs sampled in parallel per idea")
+    add_cluster_flags(ev)
+    add_llm_flags(ev)
+    ev.set_defaults(func=cmd_evolve)
     st = sub.add_parser("status", help="the tables of a running or finished run, from another shell")
     st.add_argument("run_dir")
     st.set_defaults(func=cmd_status)

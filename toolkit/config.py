@@ -127,3 +127,44 @@ def load_yaml(path: Path) -> dict[str, Any]:
 def override(obj: T, **changes: Any) -> T:
     """Replace fields given as non-None keyword arguments (CLI flags override the YAML)."""
     return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[type-var]
+
+
+STRATEGIES = ("evolve", "best_of_n")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    strategy: str = "evolve"           # evolve (exploit/explore from results) | best_of_n (fresh ideas only)
+    epochs: int = 10
+    ideas_per_epoch: int = 50          # paper: 50 (grpo_math), 80 (nanogpt)
+    ideas_per_call: int = 10           # ideas requested per LLM call; each call lists this epoch's ideas to avoid
+    exploit_base: float = 0.5          # exploit share = min(base + step * floor(epoch / every), max),
+    exploit_step: float = 0.1          # rounded down to a multiple of ideas_per_call
+    exploit_every: int = 2
+    exploit_max: float = 0.8
+    exploit_exemplars: int = 100       # ideas that beat the baseline shown to an exploit call (best first)
+    explore_samples: int = 100         # earlier ideas (with results, failures marked) shown to an explore call
+    epoch_deadline_min: float = 0.0    # 0 = an epoch ends when all its results are in; late results still count
+    run_baseline: bool = True          # run the unchanged codebase once, so "beats the baseline" is measured
+    max_ideation_failures: int = 5     # failed ideation calls per epoch before the epoch goes on with fewer ideas
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"search.strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if self.epochs < 1 or self.ideas_per_epoch < 1 or self.ideas_per_call < 1:
+            raise ConfigError("search.epochs, ideas_per_epoch and ideas_per_call must be at least 1")
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    gpu_hours: float = 0.0             # 0 = no cap; at the cap no new work starts, running jobs finish
+    llm_usd: float = 0.0               # 0 = no cap; overrides llm.spend_cap_usd when set
+
+
+@dataclass(frozen=True)
+class SearchRunConfig(RunConfig):
+    run_dir: str = ""                  # "" = runs/<config file name>
+    search: SearchConfig = field(default_factory=SearchConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    use_real_llm_if_key: bool = False  # quickstart: a configured API key replaces the bundled replay

@@ -7,6 +7,7 @@ and each tick only harvests what finished, submits what is ready as one array, a
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class Daemon:
         self.pool = ThreadPoolExecutor(max_workers=parts.cfg.implement.workers, thread_name_prefix="implement")
         self.inflight: dict[str, Future] = {}
         self.finished_seen: dict[str, float] = {}
+        self.stopping: Any = lambda: False   # a budget hook: when true no new work starts, running work finishes
 
     @property
     def state(self):
@@ -71,12 +73,15 @@ class Daemon:
         views = self.state.candidates.values()
         return all(v.terminal for v in views) and not self.inflight
 
+    def pending_jobs(self) -> list[CandidateView]:
+        return self._views(lambda v: bool(v.job_id) and not v.status)
+
     # ---- implement -------------------------------------------------------------------------------------
     def start_implementations(self) -> None:
         for view in self._views(lambda v: v.implement_status in ("", "implementing") and v.idea):
             if view.cid in self.inflight or self.p.layout.candidate(view.cid).implement.exists():
                 continue
-            if self.p.meter.exhausted():
+            if self.p.meter.exhausted() or self.stopping():
                 return
             idea = from_json(Idea, fsio.read_json(self.p.layout.idea(view.cid)))
             self.inflight[view.cid] = self.pool.submit(self.p.implementer.implement, idea,
@@ -117,26 +122,52 @@ class Daemon:
 
     def _adopt_idea(self, cid: str) -> None:
         idea_file = self.p.layout.candidate(cid).idea
-        text = fsio.read_json(idea_file).get("text", "") if idea_file.exists() else "(no idea.json)"
-        self.log.emit("idea", idea_id=cid, text=text, epoch=0, origin="external")
+        data = fsio.read_json(idea_file) if idea_file.exists() else {"text": "(no idea.json)"}
+        self.log.emit("idea", idea_id=cid, text=data.get("text", ""), epoch=data.get("epoch", self.epoch),
+                      origin=data.get("origin", "external"))
+
+    @property
+    def epoch(self) -> int:
+        return int(self.state.meta.get("epoch", 0))
 
     # ---- schedule --------------------------------------------------------------------------------------
     def schedule(self) -> None:
+        if self.stopping():
+            return
         ready = [v for v in self._views(lambda v: v.implement_status == "ready" and not v.job_id and not v.status)
                  if self.p.layout.candidate(v.cid).ready.exists()]
+        ready = self.reattach(ready)
         if ready:
             self.submit(ready, attempt=0)
 
+    def reattach(self, views: list[CandidateView]) -> list[CandidateView]:
+        """After a crash between sbatch and its event: find the array by its unique name instead of
+        submitting again. Returns the views that still need a submission."""
+        left = []
+        for name in sorted({v.intent for v in views if v.intent}):
+            intent = self.state.meta["intents"][name]
+            found = self.p.cluster.find_jobs(name)
+            if len(found) == len(intent["cids"]):
+                self._record_submitted(intent["cids"], found, intent["attempt"])
+        for view in views:
+            if not self.state.candidates[view.cid].job_id:
+                left.append(view)
+        return left
+
     def submit(self, views: list[CandidateView], attempt: int) -> None:
         tasks = [self._task(v.cid, attempt) for v in views]
-        name = f"toolkit-{self.p.layout.root.name}"
+        name = f"toolkit-{self.p.layout.root.name}-{secrets.token_hex(4)}"
+        self.log.emit("submitting", cids=[v.cid for v in views], name=name, attempt=attempt)
         try:
             job_ids = self.p.cluster.submit(tasks, self.p.spec.resources, name)
         except Exception as exc:  # a failed sbatch must not kill the daemon; retried next tick
             self.log.emit("submit_failed", cids=[v.cid for v in views], reason=repr(exc)[:2000])
             return
-        for view, job_id in zip(views, job_ids):
-            self.log.emit("submitted", cid=view.cid, job_id=job_id, attempt=attempt, cluster=self.p.cluster.name,
+        self._record_submitted([v.cid for v in views], job_ids, attempt)
+
+    def _record_submitted(self, cids: list[str], job_ids: list[str], attempt: int) -> None:
+        for cid, job_id in zip(cids, job_ids):
+            self.log.emit("submitted", cid=cid, job_id=job_id, attempt=attempt, cluster=self.p.cluster.name,
                           gpus=self.p.spec.resources.gpus * self.p.spec.resources.nodes)
 
     def _task(self, cid: str, attempt: int) -> WorkerTask:

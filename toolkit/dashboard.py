@@ -56,3 +56,56 @@ def summary(state: RunState) -> Text:
 
 def execute_view(state: RunState) -> Group:
     return Group(candidates_table(state), summary(state))
+
+
+# ---- the search view (toolkit evolve / toolkit status) ------------------------------------------------------
+def top_table(state: RunState, n: int = 5) -> Table:
+    table = Table(title=f"top {n}")
+    for column in ("id", "epoch", "reward", "metric", "idea"):
+        table.add_column(column, overflow="fold" if column == "idea" else "ellipsis")
+    ok = sorted((v for v in state.candidates.values() if v.status == "ok" and v.reward is not None),
+                key=lambda v: v.reward, reverse=True)
+    for v in ok[:n]:
+        table.add_row(v.cid, str(v.epoch), _fmt(v.reward), _fmt(v.metric), _short(v.idea))
+    return table
+
+
+def epoch_progress(state: RunState) -> Table:
+    from rich.progress_bar import ProgressBar
+
+    grid = Table.grid(padding=(0, 1))
+    epochs = state.meta.get("search", {}).get("epochs", 1)
+    epoch = int(state.meta.get("epoch", 0))
+    views = [v for v in state.candidates.values() if v.epoch == epoch]
+    done = sum(1 for v in views if v.terminal)
+    planned = sum(n for _, n in state.meta.get("plan", [])) + (1 if epoch == 0 and "baseline" in state.candidates else 0)
+    total = max(planned, len(views), 1)
+    grid.add_row(Text(f"epoch {epoch + 1}/{epochs}"), ProgressBar(total=total, completed=done, width=40),
+                 Text(f"{done}/{total} results in"))
+    return grid
+
+
+def headline(state: RunState) -> Text:
+    meta = state.meta
+    base = state.candidates.get("baseline")
+    best = max((v for v in state.candidates.values() if v.status == "ok" and v.reward is not None and v.cid != "baseline"),
+               key=lambda v: v.reward, default=None)
+    parts = [f"baseline reward {_fmt(base.reward) if base and base.reward is not None else '-'}",
+             f"best {_fmt(best.reward) if best else '-'}" + (f" ({best.cid}: {_short(best.idea)})" if best else "")]
+    if meta.get("stopping"):
+        parts.append(f"stopping new work: {meta['stopping']}")
+    if meta.get("finished"):
+        parts.append("search finished")
+    return Text(" | ".join(parts))
+
+
+def banner(state: RunState) -> Text:
+    if state.meta.get("replay"):
+        return Text("REPLAY MODE: LLM answers come from a bundled recording, not a live model "
+                    "(set ANTHROPIC_API_KEY or OPENAI_API_KEY to use a real one)", style="bold yellow")
+    return Text("")
+
+
+def search_view(state: RunState, now: float | None = None) -> Group:
+    return Group(banner(state), epoch_progress(state), summary(state), headline(state), top_table(state),
+                 candidates_table(state, limit=15))

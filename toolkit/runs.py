@@ -20,17 +20,16 @@ from toolkit.scheduler import make_cluster
 from toolkit.state import load_state
 
 
-def load_run_config(path: Path | None) -> RunConfig:
+def load_run_config(path: Path | None, cls: type = RunConfig) -> Any:
     if path is None:
-        return RunConfig()
-    return from_dict(RunConfig, load_yaml(path), str(path))
+        return cls()
+    return from_dict(cls, load_yaml(path), str(path))
 
 
 def save_config(layout: RunLayout, cfg: RunConfig) -> RunConfig:
     """The resolved config is written once; a restart reuses it (flags cannot silently change a run)."""
     if layout.config.exists():
-        saved = from_dict(RunConfig, load_yaml(layout.config), str(layout.config))
-        return saved
+        return from_dict(type(cfg), load_yaml(layout.config), str(layout.config))
     fsio.atomic_write_text(layout.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return cfg
 
@@ -76,11 +75,29 @@ def open_run(run_dir: Path, cfg: RunConfig) -> Parts:
     layout.make()
     cfg = save_config(layout, cfg)
     spec = snapshot_env(layout, cfg)
-    meter = SpendMeter(cap_usd=cfg.llm.spend_cap_usd or None, spent_usd=load_state(layout).llm_spend_usd)
+    meter = SpendMeter(cap_usd=spend_cap(cfg), spent_usd=load_state(layout).llm_spend_usd)
     llm = make_llm(cfg.llm.implementer, meter, layout)
     implementer = Implementer(spec, llm, cfg.implement, layout.root / "preflight-data")
     cluster = make_cluster(layout.jobs, cfg.cluster)
     return Parts(layout=layout, cfg=cfg, spec=spec, implementer=implementer, cluster=cluster, meter=meter)
+
+
+def spend_cap(cfg: RunConfig) -> float | None:
+    budget = getattr(cfg, "budget", None)
+    return (budget.llm_usd if budget is not None and budget.llm_usd else cfg.llm.spend_cap_usd) or None
+
+
+DEFAULT_MODELS = {"ANTHROPIC_API_KEY": ("anthropic", "claude-sonnet-4-6"), "OPENAI_API_KEY": ("openai", "gpt-5")}
+
+
+def prefer_real_llm(cfg: Any, environ: dict[str, str]) -> Any:
+    """Quickstart: when an API key is configured, a real LLM replaces the bundled replay."""
+    if not getattr(cfg, "use_real_llm_if_key", False):
+        return cfg
+    for key, (provider, model) in DEFAULT_MODELS.items():
+        if environ.get(key):
+            return with_llm(cfg, provider, model, None, None)
+    return cfg
 
 
 def with_llm(cfg: RunConfig, provider: str | None, model: str | None, base_url: str | None,

@@ -61,6 +61,10 @@ class Cluster(ABC):
     def states(self, job_ids: list[str]) -> dict[str, JobState]:
         """Current state of each job (one cluster query for all of them)."""
 
+    def find_jobs(self, job_name: str) -> list[str]:
+        """Job ids of an array submitted under this unique name, in task order ([] if none or unknowable)."""
+        return []
+
     def log_tail(self, job_id: str, chars: int = 3000) -> str:
         paths = sorted(self.jobs_dir.glob(f"{job_id}_*_log.*")) + sorted(self.jobs_dir.glob(f"{job_id}_log.*"))
         return "".join(p.read_text(errors="replace")[-chars:] for p in paths if p.is_file())
@@ -88,6 +92,12 @@ class SlurmCluster(Cluster):
         params.update({f"slurm_{k}": v for k, v in (("partition", self.cfg.partition), ("account", self.cfg.account),
                                                       ("qos", self.cfg.qos)) if v})
         return params
+
+    def find_jobs(self, job_name: str) -> list[str]:
+        text = _run(["squeue", "-h", "-r", "-t", "all", "-n", job_name, "-o", "%i|%T"])
+        text += _run(["sacct", "-X", "-n", "-P", "-S", "now-30days", "--name", job_name, "-o", "JobID,State"])
+        ids = set(_parse_rows(text))
+        return sorted(ids, key=lambda j: [int(x) for x in j.split("_") if x.isdigit()])
 
     def states(self, job_ids: list[str]) -> dict[str, JobState]:
         if not job_ids:

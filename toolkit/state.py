@@ -41,6 +41,7 @@ class CandidateView:
     node: str = ""
     submitted_at: float = 0.0
     finished_at: float = 0.0
+    intent: str = ""                   # job name of a submission that was started (crash-safe re-attach)
 
     @property
     def stage(self) -> str:
@@ -109,6 +110,17 @@ def _on_submitted(state: RunState, e: dict[str, Any]) -> None:
                  submitted_at=e.get("t", 0.0), gpus=e.get("gpus", 0), status="", reason="")
 
 
+def _on_submitting(state: RunState, e: dict[str, Any]) -> None:
+    state.meta.setdefault("intents", {})[e["name"]] = {"cids": e["cids"], "attempt": e.get("attempt", 0)}
+    for cid in e["cids"]:
+        state.update(cid, intent=e["name"])
+
+
+def _on_submit_failed(state: RunState, e: dict[str, Any]) -> None:
+    for cid in e.get("cids", []):
+        state.update(cid, intent="")
+
+
 def _on_job_state(state: RunState, e: dict[str, Any]) -> None:
     state.update(e["cid"], job_phase=e["phase"], job_raw=e.get("raw", ""))
 
@@ -129,8 +141,36 @@ def _on_meta(state: RunState, e: dict[str, Any]) -> None:
     state.meta.update(e.get("data", {}))
 
 
-_HANDLERS = {"idea": _on_idea, "implement_started": _on_implement_started, "implemented": _on_implemented,
-             "submitted": _on_submitted, "job_state": _on_job_state, "result": _on_result, "llm_spend": _on_llm,
+def _on_epoch_started(state: RunState, e: dict[str, Any]) -> None:
+    state.meta.update(epoch=e["epoch"], epoch_started_at=e["t"], plan=e.get("plan", []))
+
+
+def _on_epoch_ended(state: RunState, e: dict[str, Any]) -> None:
+    state.meta.setdefault("epochs_ended", []).append(e["epoch"])
+
+
+def _on_ideation_failed(state: RunState, e: dict[str, Any]) -> None:
+    key = f"ideation_failures_{e['epoch']}"
+    state.meta[key] = state.meta.get(key, 0) + 1
+
+
+def _on_stopping(state: RunState, e: dict[str, Any]) -> None:
+    state.meta["stopping"] = e.get("reason", "")
+
+
+def _on_search_started(state: RunState, e: dict[str, Any]) -> None:
+    state.meta.update(search=e.get("search", {}), replay=e.get("replay", False))
+
+
+def _on_search_finished(state: RunState, e: dict[str, Any]) -> None:
+    state.meta["finished"] = True
+
+
+_HANDLERS = {"epoch_started": _on_epoch_started, "epoch_ended": _on_epoch_ended,
+             "ideation_failed": _on_ideation_failed, "stopping": _on_stopping, "search_started": _on_search_started,
+             "search_finished": _on_search_finished,
+             "idea": _on_idea, "implement_started": _on_implement_started, "implemented": _on_implemented,
+             "submitted": _on_submitted, "submitting": _on_submitting, "submit_failed": _on_submit_failed, "job_state": _on_job_state, "result": _on_result, "llm_spend": _on_llm,
              "meta": _on_meta}
 
 

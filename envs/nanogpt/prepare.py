@@ -1,0 +1,73 @@
+"""
+Download the GPT-2-tokenised FineWeb-10B shards into the nanogpt environment's data dir (run once, by hand).
+
+Usage (on a machine with internet access and `pip install huggingface_hub`):
+    python prepare.py --out ~/.cache/toolkit/data/nanogpt              # val + all 103 train shards (~21 GB)
+    python prepare.py --out /shared/data/nanogpt --train-shards 40      # enough for the 25-minute baseline
+
+Fetches fineweb_val_000000.bin and fineweb_train_000001.bin ... from the Hugging Face dataset repo
+kjj0/fineweb10B-gpt2 (the shards modded-nanogpt's speedrun uses): llm.c format, a 256 x int32 header
+(magic 20240520, version 1, token count) then uint16 GPT-2 ids, 100M tokens per train shard (eval.py scores
+the first 10,485,760 tokens of the val shard). Shards already present and intact are skipped;
+hf_hub_download writes each file under a temporary name before moving it into place, and every file is
+checked (header and size) afterwards. Point the toolkit's data_dir (TOOLKIT_DATA_DIR) at --out.
+
+The baseline reads about 14,000 steps x 262,144 tokens = 3.7B tokens (37 shards) in its 25 minutes; a faster
+recipe reads more, and the training loader wraps around to the first shard when it runs out.
+"""
+import argparse
+import os
+
+import numpy as np
+
+REPO_ID = "kjj0/fineweb10B-gpt2"
+MAGIC, VERSION, HEADER_BYTES = 20240520, 1, 256 * 4
+
+
+def shard_names(train_shards):
+    return ["fineweb_val_000000.bin"] + [f"fineweb_train_{i:06d}.bin" for i in range(1, train_shards + 1)]
+
+
+def shard_problem(path):
+    """'' if path is a complete llm.c shard, else what is wrong with it."""
+    if not os.path.exists(path):
+        return "missing"
+    header = np.fromfile(path, dtype=np.int32, count=256)
+    if len(header) < 256 or header[0] != MAGIC or header[1] != VERSION:
+        return "bad header"
+    expected = HEADER_BYTES + 2 * int(header[2])
+    size = os.path.getsize(path)
+    return "" if size == expected else f"{size} bytes, header implies {expected}"
+
+
+def download(name, out_dir, repo_id):
+    from huggingface_hub import hf_hub_download  # imported here so --help works without it
+    hf_hub_download(repo_id=repo_id, filename=name, repo_type="dataset", local_dir=out_dir)
+    problem = shard_problem(os.path.join(out_dir, name))
+    if problem:
+        raise SystemExit(f"prepare: {os.path.join(out_dir, name)} is not a valid shard after download: "
+                         f"{problem}; delete it and run again")
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Download FineWeb-10B GPT-2 token shards for envs/nanogpt.")
+    parser.add_argument("--out", required=True, help="the data dir (the toolkit's TOOLKIT_DATA_DIR)")
+    parser.add_argument("--train-shards", type=int, default=103, help="train shards of 100M tokens (max 103)")
+    parser.add_argument("--repo", default=REPO_ID, help="Hugging Face dataset repo holding the shards")
+    args = parser.parse_args()
+    out_dir = os.path.expanduser(args.out)
+    os.makedirs(out_dir, exist_ok=True)
+    for name in shard_names(args.train_shards):
+        path = os.path.join(out_dir, name)
+        if shard_problem(path) == "":
+            print(f"{name}: present")
+            continue
+        if os.path.exists(path):
+            os.remove(path)  # a damaged copy: fetch it again
+        download(name, out_dir, args.repo)
+        print(f"{name}: downloaded")
+    print(f"prepare: {args.train_shards} train shards and the val shard are in {out_dir}")
+
+
+if __name__ == "__main__":
+    main()

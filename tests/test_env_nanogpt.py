@@ -1,0 +1,168 @@
+"""envs/nanogpt: the shard format, the 124M config, the smoke run + eval, and the eval's leak check."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+import subprocess
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+
+from toolkit import jobenv
+from toolkit.envs import load_env
+
+ENV_DIR = Path(__file__).resolve().parent.parent / "envs" / "nanogpt"
+CODE_DIR = ENV_DIR / "code"
+
+
+def load_module(name: str, monkeypatch: pytest.MonkeyPatch, smoke: bool = False) -> ModuleType:
+    """A fresh import of envs/nanogpt/code/<name>.py (it reads its settings from the environment)."""
+    if smoke:
+        monkeypatch.setenv("TOOLKIT_SMOKE", "1")
+    else:
+        monkeypatch.delenv("TOOLKIT_SMOKE", raising=False)
+    spec = importlib.util.spec_from_file_location(f"nanogpt_{name}_{smoke}", CODE_DIR / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(script: str, code_dir: Path, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`bash <script>` in code_dir with what the worker gives a smoke job: allow-listed vars + env_vars."""
+    spec = load_env(str(ENV_DIR), smoke=True)
+    env = {**jobenv.job_environ(), **spec.env_vars, "TOOLKIT_SMOKE": "1", "TOOLKIT_DATA_DIR": str(data_dir)}
+    proc = subprocess.run(["nice", "bash", script], cwd=code_dir, env=env, capture_output=True, text=True,
+                          timeout=300)
+    output = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{output}"
+    return proc
+
+
+def last_json(proc: subprocess.CompletedProcess[str]) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---- the shard format -------------------------------------------------------------------------------------
+def test_shard_reader_round_trips_the_synthetic_writer(tmp_path, monkeypatch):
+    synthetic, train, evaluate = (load_module(n, monkeypatch) for n in ("synthetic_data", "train", "eval"))
+    tokens = np.random.default_rng(0).integers(0, 2**16, size=5000)
+    tokens[:2] = [0, 2**16 - 1]  # the extremes of uint16
+    path = tmp_path / "fineweb_train_000001.bin"
+    synthetic.write_shard(str(path), tokens)
+    header = np.fromfile(path, dtype=np.int32, count=256)
+    assert list(header[:3]) == [20240520, 1, 5000] and not header[3:].any()
+    assert path.stat().st_size == 256 * 4 + 2 * 5000
+    assert np.array_equal(train.load_tokens(str(path)), tokens)
+    assert np.array_equal(evaluate.load_tokens(str(path)), tokens)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # the temporary file was renamed
+
+
+def test_shard_readers_reject_a_truncated_or_foreign_file(tmp_path, monkeypatch):
+    synthetic, train, evaluate = (load_module(n, monkeypatch) for n in ("synthetic_data", "train", "eval"))
+    path = tmp_path / "shard.bin"
+    synthetic.write_shard(str(path), np.arange(100))
+    path.write_bytes(path.read_bytes()[:-2])  # one token short of what the header says
+    with pytest.raises(ValueError, match="header says 100"):
+        evaluate.load_tokens(str(path))
+    with pytest.raises(AssertionError, match="header says 100"):
+        train.load_tokens(str(path))
+    path.write_bytes(np.zeros(300, dtype=np.int32).tobytes())
+    with pytest.raises(ValueError, match="not an llm.c token shard"):
+        evaluate.load_tokens(str(path))
+
+
+def test_synthetic_shards_are_deterministic_idempotent_and_in_vocab(tmp_path, monkeypatch):
+    synthetic = load_module("synthetic_data", monkeypatch)
+    first = synthetic.ensure_shards(str(tmp_path / "a"), vocab_size=1024, shard_tokens=3000, val_tokens=2000)
+    synthetic.ensure_shards(str(tmp_path / "b"), vocab_size=1024, shard_tokens=3000, val_tokens=2000)
+    assert [Path(p).name for p in first] == ["fineweb_val_000000.bin", "fineweb_train_000001.bin",
+                                             "fineweb_train_000002.bin"]
+    for name in map(lambda p: Path(p).name, first):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert synthetic.ensure_shards(str(tmp_path / "a"), vocab_size=1024, shard_tokens=3000) == []
+    val = synthetic.markov_tokens(2000, 1024, 1234, 0)
+    train1 = synthetic.markov_tokens(3000, 1024, 1234, 1)
+    assert val.max() < 1024 and len(np.unique(train1)) <= synthetic.ALPHABET
+    assert not np.array_equal(val[:100], train1[:100])  # val is not a copy of train
+
+
+# ---- the full-size configuration (read, not run) -------------------------------------------------------------
+def test_full_config_is_gpt2_124m_with_the_paper_batch_and_schedule(monkeypatch):
+    train = load_module("train", monkeypatch)
+    config = train.GPTConfig(block_size=train.block_size, vocab_size=train.vocab_size, n_layer=train.n_layer,
+                             n_head=train.n_head, n_embd=train.n_embd)
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        model = train.GPT(config)
+    d, V, L, T = config.n_embd, config.vocab_size, config.n_layer, config.block_size
+    assert (L, config.n_head, d, V, T) == (12, 12, 768, 50257, 1024)
+    expected = V * d + T * d + L * (12 * d * d + 2 * d) + d  # tied embedding; attn + 4x MLP + norms
+    assert sum(p.numel() for p in model.parameters()) == expected == 124_337_664
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert train.batch_size * train.block_size * 8 == train.total_batch_size == 262_144
+    assert (train.train_budget_s, train.compile_model, train.smoke) == (1500.0, True, False)
+
+
+def test_lr_schedule_warms_up_then_decays_to_a_tenth_over_eleven(monkeypatch):
+    train = load_module("train", monkeypatch)
+    peak = train.learning_rate
+    assert (peak, train.betas, train.weight_decay, train.grad_clip) == (0.0015, (0.9, 0.95), 0.1, 1.0)
+    assert train.get_lr(0) == pytest.approx(peak / 256)
+    assert train.get_lr(255) == pytest.approx(peak)
+    middle = (train.warmup_iters + train.num_iterations) // 2
+    assert peak * 0.1 / 1.1 < train.get_lr(middle) < peak
+    assert train.get_lr(train.num_iterations) == pytest.approx(peak * 0.1 / 1.1)
+    assert train.get_lr(train.num_iterations + 1000) == pytest.approx(peak * 0.1 / 1.1)
+
+
+def test_env_yaml_locks_the_data_pipeline_and_hides_the_eval():
+    spec, smoke = load_env(str(ENV_DIR)), load_env(str(ENV_DIR), smoke=True)
+    assert set(spec.locked) == {"eval.py", "run.sh", "eval.sh", "synthetic_data.py"}
+    assert spec.hidden == ("eval.py",) and "train.py" not in spec.locked
+    assert (spec.metric, spec.direction, spec.reward, spec.metric_range) == ("val_loss", "minimize",
+                                                                           "1/val_loss", (2.5, 12.0))
+    assert spec.resources.gpus == 8 and spec.resources.time_min > 25
+    assert smoke.resources.gpus == 0 and smoke.env_vars["NPROC"] == "1"
+
+
+# ---- smoke run + eval (real processes) ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """run.sh then eval.sh in a copy of the codebase, with no data prepared beforehand."""
+    root = tmp_path_factory.mktemp("nanogpt")
+    code_dir, data_dir = root / "code", root / "data"
+    shutil.copytree(CODE_DIR, code_dir, ignore=shutil.ignore_patterns("__pycache__", "ckpt.pt*"))
+    run = run_script("run.sh", code_dir, data_dir)
+    evaluation = run_script("eval.sh", code_dir, data_dir)
+    return code_dir, data_dir, run, evaluation
+
+
+@pytest.mark.slow
+def test_smoke_run_then_eval_prints_a_learned_val_loss(smoke_run):
+    code_dir, data_dir, run, evaluation = smoke_run
+    assert sorted(p.name for p in (data_dir / "smoke").iterdir()) == [
+        "fineweb_train_000001.bin", "fineweb_train_000002.bin", "fineweb_val_000000.bin"]
+    metrics = last_json(evaluation)
+    low, high = load_env(str(ENV_DIR), smoke=True).metric_range
+    assert metrics["val_tokens"] == 4096
+    assert low < metrics["val_loss"] < math.log(1024) - 0.5 < high  # it learned, and the range admits it
+    ckpt = torch.load(code_dir / "ckpt.pt", weights_only=True)
+    assert ckpt["model_config"]["n_layer"] == 2 and ckpt["tokens"] > 0 and 0 < ckpt["train_s"] < 60
+    assert "trained" in run.stdout and not (code_dir / "ckpt.pt.tmp").exists()
+
+
+@pytest.mark.slow
+def test_eval_reports_a_planted_attention_leak_as_invalid(smoke_run, tmp_path):
+    code_dir, data_dir, _, _ = smoke_run
+    leaky = tmp_path / "code"
+    shutil.copytree(code_dir, leaky, ignore=shutil.ignore_patterns("__pycache__"))
+    source = (leaky / "train.py").read_text()
+    assert source.count("is_causal=True") == 1
+    (leaky / "train.py").write_text(source.replace("is_causal=True", "is_causal=False"))
+    metrics = last_json(run_script("eval.sh", leaky, data_dir))  # same weights, non-causal attention
+    assert list(metrics) == ["invalid"] and "leaks future tokens" in metrics["invalid"]

