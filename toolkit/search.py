@@ -1,0 +1,197 @@
+"""The evolutionary search daemon: epochs of ideas -> executor -> results -> next epoch's prompts.
+
+`SearchDaemon.tick()` adds ideation and epoch bookkeeping to the executor's tick. Everything it decides is
+recorded in the event log first, so a restart (kill -9 included) rebuilds the same plan and goes on.
+"""
+from __future__ import annotations
+
+import queue
+import shutil
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from toolkit import fsio
+from toolkit.config import SearchRunConfig
+from toolkit.daemon import Daemon, Parts
+from toolkit.ideator import Ideator, Proposal
+from toolkit.policy import BASELINE_ID, Call, baseline_reward, epoch_calls, exemplars, explore_sample, remaining_calls
+from toolkit.records import Idea, ImplementOutcome, to_json
+from toolkit.state import CandidateView
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One ideation call's outcome, handed from the ideation thread to the tick (the single writer)."""
+    epoch: int
+    call: Call
+    proposal: Proposal
+
+
+class SearchDaemon(Daemon):
+    def __init__(self, parts: Parts, ideator: Ideator, clock: Any = time.time) -> None:
+        super().__init__(parts, clock)
+        self.ideator = ideator
+        self.cfg: SearchRunConfig = parts.cfg  # type: ignore[assignment]
+        self.search = self.cfg.search
+        self.ideation: Future | None = None
+        self.batches: queue.Queue[Batch] = queue.Queue()
+        self.ideation_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ideate")
+        self.stopping = self.budget_reason
+
+    # ---- the tick --------------------------------------------------------------------------------------
+    def tick(self) -> float:
+        self.start_search()
+        self.reap_ideation()
+        self.drain_ideas()
+        self.check_budget()
+        if not self.budget_reason():
+            self.ideate()
+        sleep_s = super().tick()
+        self.maybe_end_epoch()
+        return 1.0 if self.ideation is not None else sleep_s
+
+    def start_search(self) -> None:
+        if "search" in self.state.meta:
+            return
+        self.log.emit("search_started", search=self.search.__dict__, replay=self._replaying())
+        if self.search.run_baseline:
+            self.drop_baseline()
+        self.begin_epoch(0)
+
+    def _replaying(self) -> bool:
+        return self.cfg.llm.ideator.provider == "replay" or self.cfg.llm.implementer.provider == "replay"
+
+    def drop_baseline(self) -> None:
+        """The unchanged codebase as a candidate, scheduled like any other (the run dir is the hand-off)."""
+        paths = self.p.layout.candidate(BASELINE_ID)
+        if paths.ready.exists():
+            return
+        staging = paths.root.parent / f".building-{BASELINE_ID}"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(self.p.spec.code_dir, staging / "code", symlinks=True)
+        idea = Idea(idea_id=BASELINE_ID, text="Baseline: the unchanged codebase.", epoch=0, origin="baseline")
+        fsio.atomic_write_json(staging / "idea.json", to_json(idea))
+        fsio.atomic_write_json(staging / "implement.json", to_json(ImplementOutcome(cid=BASELINE_ID, status="ready")))
+        fsio.atomic_write_text(staging / "READY", "")
+        shutil.rmtree(paths.root, ignore_errors=True)
+        staging.rename(paths.root)
+
+    # ---- epochs ----------------------------------------------------------------------------------------
+    def begin_epoch(self, epoch: int) -> None:
+        have = bool(exemplars(self.state.candidates, 1, epoch))
+        plan = [[c.mode, c.count] for c in epoch_calls(self.search, epoch, have)]
+        self.log.emit("epoch_started", epoch=epoch, plan=plan)
+
+    def epoch_views(self, epoch: int) -> list[CandidateView]:
+        return [v for v in self.state.candidates.values() if v.epoch == epoch]
+
+    def ideas_left(self) -> list[Call]:
+        plan = [Call(m, n) for m, n in self.state.meta.get("plan", [])]
+        done: dict[str, int] = {}
+        for view in self.epoch_views(self.epoch):
+            done[view.origin] = done.get(view.origin, 0) + 1
+        return remaining_calls(plan, done)
+
+    def ideation_exhausted(self) -> bool:
+        failures = self.state.meta.get(f"ideation_failures_{self.epoch}", 0)
+        return failures >= self.search.max_ideation_failures
+
+    def maybe_end_epoch(self) -> None:
+        if self.state.meta.get("finished") or self.ideation is not None or not self.batches.empty():
+            return
+        if self.ideas_left() and not self.ideation_exhausted() and not self.budget_reason():
+            return
+        views = self.epoch_views(self.epoch)
+        complete = all(v.terminal for v in views) and not self.inflight
+        deadline = self.search.epoch_deadline_min * 60
+        late = deadline > 0 and self.clock() - self.state.meta.get("epoch_started_at", self.clock()) > deadline
+        if self.budget_reason() and not self.pending_jobs() and not self.inflight:
+            return self.finish(f"budget: {self.budget_reason()}")
+        if not (complete or late):
+            return
+        self.log.emit("epoch_ended", epoch=self.epoch, reason="complete" if complete else "deadline",
+                      outstanding=sum(1 for v in views if not v.terminal))
+        if self.epoch + 1 < self.search.epochs and not self.budget_reason():
+            self.begin_epoch(self.epoch + 1)
+        elif self.done():
+            self.finish("all epochs done")
+
+    def finish(self, reason: str) -> None:
+        self.log.emit("search_finished", reason=reason)
+
+    def finished(self) -> bool:
+        """Finished once the last epoch ended and every submitted job has its result (late ones too)."""
+        if self.state.meta.get("finished"):
+            return not self.pending_jobs() and not self.inflight
+        ended = self.state.meta.get("epochs_ended", [])
+        if ended and ended[-1] == self.search.epochs - 1 and self.done():
+            self.finish("all epochs done")
+            return True
+        return False
+
+    # ---- ideation (one background call at a time; results are registered by the tick) -------------------
+    def reap_ideation(self) -> None:
+        if self.ideation is not None and self.ideation.done():
+            self.ideation.result()  # re-raise bugs from the thread
+            self.ideation = None
+
+    def ideate(self) -> None:
+        if self.ideation is not None or self.ideation_exhausted():
+            return
+        calls = self.ideas_left()
+        if calls:
+            self.ideation = self.ideation_pool.submit(self._ideate_call, self.epoch, calls[0], self._context(calls[0]))
+
+    def _context(self, call: Call) -> dict[str, Any]:
+        views = self.state.candidates
+        if call.mode == "exploit":
+            shown = exemplars(views, self.search.exploit_exemplars, self.epoch)
+        elif call.mode == "explore":
+            shown = explore_sample(views, self.search.explore_samples, self.search.seed * 1000 + self.epoch, self.epoch)
+        else:
+            shown = []
+        avoid = [v.idea for v in self.epoch_views(self.epoch) if v.cid != BASELINE_ID]
+        return dict(exemplars=shown, avoid=avoid, baseline=baseline_reward(views))
+
+    def _ideate_call(self, epoch: int, call: Call, context: dict[str, Any]) -> None:
+        tag = f"e{epoch}:{len(context['avoid'])}"
+        proposal = self.ideator.propose(call, context["exemplars"], context["avoid"], context["baseline"], tag)
+        self.batches.put(Batch(epoch, call, proposal))
+
+    def drain_ideas(self) -> None:
+        while not self.batches.empty():
+            batch = self.batches.get()
+            if batch.proposal.status != "ok":
+                self.log.emit("ideation_failed", epoch=batch.epoch, mode=batch.call.mode, reason=batch.proposal.reason)
+                continue
+            self.add_ideas(self._ideas(batch))
+
+    def _ideas(self, batch: Batch) -> list[Idea]:
+        start = sum(1 for v in self.epoch_views(batch.epoch) if v.cid != BASELINE_ID)
+        return [Idea(idea_id=f"e{batch.epoch:02d}-{start + i:03d}", text=text, epoch=batch.epoch,
+                     origin=batch.call.mode) for i, text in enumerate(batch.proposal.ideas)]
+
+    # ---- budgets -----------------------------------------------------------------------------------------
+    def gpu_hours_used(self) -> float:
+        now = self.clock()
+        running = sum(v.gpus * max(0.0, now - v.submitted_at) for v in self.pending_jobs()) / 3600
+        return self.state.gpu_hours + running
+
+    def budget_reason(self) -> str:
+        cap = self.cfg.budget.gpu_hours
+        if cap and self.gpu_hours_used() >= cap:
+            return f"GPU-hours cap {cap} reached"
+        if self.p.meter.exhausted():
+            return f"LLM spend cap ${self.p.meter.cap_usd} reached"
+        return ""
+
+    def check_budget(self) -> None:
+        reason = self.budget_reason()
+        if reason and self.state.meta.get("stopping") != reason:
+            self.log.emit("stopping", reason=reason)
+
+    def close(self) -> None:
+        self.ideation_pool.shutdown(wait=False, cancel_futures=True)
+        super().close()
