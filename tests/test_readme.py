@@ -1,0 +1,44 @@
+"""The README keeps exactly two set-up commands at its top, and CI runs the second one verbatim."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_commands() -> list[str]:
+    return re.findall(r"```bash\n(.+?)\n```", (ROOT / "README.md").read_text(), flags=re.S)[:2]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    install, tests = readme_commands()
+    assert "toolkit evolve --config configs/quickstart.yaml" in install
+    assert "pytest" in tests and "dev-cluster.sh start" in tests
+    assert tests in (ROOT / ".ci" / "run").read_text()
+
+
+def test_quickstart_config_and_replay_exist() -> None:
+    config = (ROOT / "configs" / "quickstart.yaml").read_text()
+    assert "replay_file: configs/replay/quickstart.jsonl" in config
+    assert (ROOT / "configs" / "replay" / "quickstart.jsonl").stat().st_size > 0
+
+
+def test_quickstart_replay_is_current_and_every_diff_applies(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from toolkit.patching import apply_patch
+
+    replay = ROOT / "configs" / "replay" / "quickstart.jsonl"
+    before = replay.read_text()
+    subprocess.run([sys.executable, str(ROOT / "configs" / "replay" / "make_quickstart.py")], check=True,
+                   capture_output=True)
+    assert replay.read_text() == before, "quickstart.jsonl is stale: run configs/replay/make_quickstart.py"
+    entries = [json.loads(line) for line in before.splitlines()]
+    diffs = [e for e in entries if e["match"].startswith("# The idea to implement")]
+    assert len(diffs) >= 8
+    for n, entry in enumerate(diffs):
+        outcome = apply_patch(entry["text"], ROOT / "envs" / "tiny_lm" / "code", tmp_path / f"c{n}", ["eval.py", "data.py"])
+        assert outcome.status == "applied", (entry["match"], outcome.reason)
