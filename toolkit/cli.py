@@ -11,7 +11,8 @@ from pathlib import Path
 from rich.console import Console
 
 from toolkit import dashboard
-from toolkit.config import CLUSTERS, SearchRunConfig
+from toolkit.config import CLUSTERS, ClusterConfig, SearchRunConfig, ServeConfig
+from toolkit.serve import start_server, stop_server, wait_for_endpoint
 from toolkit.evolve import run_dir_for, run_search
 from toolkit.errors import ConfigError, ToolkitError
 from toolkit.layout import RunLayout
@@ -108,6 +109,24 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve_llm(args: argparse.Namespace) -> int:
+    cluster = ClusterConfig(cluster=args.cluster or "slurm", partition=args.partition or "")
+    run_dir = Path(args.run_dir or f"runs/llm-{args.model.replace('/', '_')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if args.stop:
+        stop_server(cluster, run_dir)
+        console.print(f"cancelled the server job recorded in {run_dir / 'llm_server.json'}")
+        return 0
+    changes = {k: v for k, v in dict(model=args.model, partition=args.partition, gpus=args.gpus, port=args.port,
+                                     command=args.command, advertise_host=args.advertise_host).items() if v}
+    serve = ServeConfig(**changes)
+    job_id = start_server(serve, cluster, run_dir)
+    url = wait_for_endpoint(serve, cluster, run_dir, job_id, console)
+    console.print(f"{serve.model} answering at {url} (job {job_id}); endpoint recorded in {run_dir / 'llm_endpoint.json'}")
+    console.print(f"use it with: --llm openai-compatible --model {serve.model} --base-url {url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toolkit", description="Execution-grounded automated AI research on SLURM")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_flags(ev)
     add_llm_flags(ev)
     ev.set_defaults(func=cmd_evolve)
+    sv = sub.add_parser("serve-llm", help="start a vLLM OpenAI-compatible server as a SLURM job and wait for it")
+    sv.add_argument("--model", required=True)
+    sv.add_argument("--partition")
+    sv.add_argument("--cluster", choices=CLUSTERS)
+    sv.add_argument("--gpus", type=int)
+    sv.add_argument("--port", type=int)
+    sv.add_argument("--command", help="server command template ({model} {port} {bind} {gpus})")
+    sv.add_argument("--advertise-host", help="host name the clients use (default: the node's name)")
+    sv.add_argument("--run-dir", help="where the endpoint is recorded (default runs/llm-<model>)")
+    sv.add_argument("--stop", action="store_true", help="cancel the server job recorded in --run-dir")
+    sv.set_defaults(func=cmd_serve_llm)
     st = sub.add_parser("status", help="the tables of a running or finished run, from another shell")
     st.add_argument("run_dir")
     st.set_defaults(func=cmd_status)

@@ -130,6 +130,25 @@ def override(obj: T, **changes: Any) -> T:
 
 
 STRATEGIES = ("evolve", "best_of_n")
+DEFAULT_SERVE_COMMAND = ("vllm serve {model} --host {bind} --port {port} --served-model-name {model} "
+                         "--tensor-parallel-size {gpus}")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: str = ""                    # "" = no server; else the HF model to serve (e.g. Qwen/Qwen3-30B-A3B)
+    partition: str = ""                # GPU partition ("" = cluster.partition)
+    gpus: int = 1
+    cpus: int = 8
+    mem_gb: float = 64.0
+    time_min: int = 2880               # the server job's SLURM time limit
+    port: int = 8000
+    command: str = DEFAULT_SERVE_COMMAND     # {model} {port} {bind} {gpus} are filled in
+    bind_host: str = "0.0.0.0"
+    advertise_host: str = ""           # how the daemon reaches the node ("" = the node's hostname)
+    health_timeout_s: float = 1800.0   # model download + load can take long on first use
+    roles: tuple[str, ...] = ("ideator", "implementer")
+
 
 
 @dataclass(frozen=True)
@@ -168,3 +187,4 @@ class SearchRunConfig(RunConfig):
     search: SearchConfig = field(default_factory=SearchConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     use_real_llm_if_key: bool = False  # quickstart: a configured API key replaces the bundled replay
+    serve_llm: ServeConfig = field(default_factory=ServeConfig)   # run the ideator/implementer model on your GPUs

@@ -4,6 +4,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
@@ -11,8 +12,10 @@ from rich.live import Live
 from toolkit import dashboard, fsio
 from toolkit.config import SearchRunConfig
 from toolkit.ideator import Ideator
-from toolkit.runs import make_llm, open_run
+from toolkit.layout import RunLayout
+from toolkit.runs import make_llm, open_run, save_config
 from toolkit.search import SearchDaemon
+from toolkit.serve import start_server, stop_server, use_endpoint, wait_for_endpoint
 from toolkit.state import RunState
 
 
@@ -22,8 +25,8 @@ def run_dir_for(cfg: SearchRunConfig, config_path: Path | None) -> Path:
     return Path("runs") / (config_path.stem if config_path else "search")
 
 
-def open_search(run_dir: Path, cfg: SearchRunConfig) -> SearchDaemon:
-    parts = open_run(run_dir, cfg)
+def open_search(run_dir: Path, cfg: SearchRunConfig, adjust: Any = None) -> SearchDaemon:
+    parts = open_run(run_dir, cfg, adjust)
     ideator = Ideator(parts.spec, make_llm(parts.cfg.llm.ideator, parts.meter, parts.layout))
     return SearchDaemon(parts, ideator)
 
@@ -31,16 +34,32 @@ def open_search(run_dir: Path, cfg: SearchRunConfig) -> SearchDaemon:
 def run_search(run_dir: Path, cfg: SearchRunConfig, console: Console, live: bool = True) -> RunState:
     """Hold the run's lock and tick until the search is finished or SIGTERM/SIGINT asks us to stop
     (a requeued SLURM job or a restart resumes from the event log)."""
-    lock = fsio.DaemonLock(run_dir / "daemon.lock")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    layout = RunLayout(run_dir)
+    layout.make()
+    lock = fsio.DaemonLock(layout.lock)
     lock.acquire()
-    daemon = open_search(run_dir, cfg)
     try:
-        _loop(daemon, console, live)
+        cfg = save_config(layout, cfg)
+        daemon = open_search(run_dir, cfg, served_model(cfg, run_dir, console))
+        try:
+            _loop(daemon, console, live)
+        finally:
+            daemon.close()
+        if daemon.state.meta.get("finished") and cfg.serve_llm.model:
+            stop_server(cfg.cluster, run_dir)  # the served model stops with the search
     finally:
-        daemon.close()
         lock.release()
     return daemon.state
+
+
+def served_model(cfg: SearchRunConfig, run_dir: Path, console: Console) -> Any:
+    """Start (or re-use) the configured vLLM server job and point the LLM roles at it."""
+    if not cfg.serve_llm.model:
+        return None
+    job_id = start_server(cfg.serve_llm, cfg.cluster, run_dir)
+    url = wait_for_endpoint(cfg.serve_llm, cfg.cluster, run_dir, job_id, console)
+    console.print(f"LLM server {cfg.serve_llm.model} answering at {url} (job {job_id})")
+    return lambda resolved: use_endpoint(resolved, cfg.serve_llm, url)
 
 
 def _loop(daemon: SearchDaemon, console: Console, live: bool) -> None:

@@ -121,7 +121,7 @@ class Implementer:
 
     def _attempt(self, sample: int, revision: int, prompt: str, cand: CandidatePaths) -> Attempt:
         tag = f"s{sample}r{revision}"
-        reply = self.llm.complete(ChatRequest(prompt=prompt, system=self.system, tag=f"implement:{cand.cid}:{tag}"))
+        reply = self.llm.complete(ChatRequest(prompt=prompt, system=self.system, tag=f"implement:{cand.cid.removeprefix('.building-')}:{tag}"))
         self._save_reply(cand, tag, prompt, reply)
         if reply.status != "ok":
             return Attempt(sample, revision, "llm_error", f"LLM {reply.status}: {reply.reason}", cost_usd=reply.cost_usd)

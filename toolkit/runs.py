@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -70,10 +70,12 @@ def make_llm(settings: LLMSettings, meter: SpendMeter, layout: RunLayout) -> LLM
     return make_client(settings, meter=meter, on_reply=llm_ledger(layout))
 
 
-def open_run(run_dir: Path, cfg: RunConfig) -> Parts:
+def open_run(run_dir: Path, cfg: RunConfig, adjust: Callable[[Any], Any] | None = None) -> Parts:
+    """`adjust` changes the resolved config for this session only (e.g. a served model's fresh endpoint)."""
     layout = RunLayout(run_dir)
     layout.make()
     cfg = save_config(layout, cfg)
+    cfg = adjust(cfg) if adjust is not None else cfg
     spec = snapshot_env(layout, cfg)
     meter = SpendMeter(cap_usd=spend_cap(cfg), spent_usd=load_state(layout).llm_spend_usd)
     llm = make_llm(cfg.llm.implementer, meter, layout)

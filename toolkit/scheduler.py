@@ -61,6 +61,9 @@ class Cluster(ABC):
     def states(self, job_ids: list[str]) -> dict[str, JobState]:
         """Current state of each job (one cluster query for all of them)."""
 
+    def cancel(self, job_id: str) -> None:
+        """Stop a job (best effort)."""
+
     def find_jobs(self, job_name: str) -> list[str]:
         """Job ids of an array submitted under this unique name, in task order ([] if none or unknowable)."""
         return []
@@ -92,6 +95,9 @@ class SlurmCluster(Cluster):
         params.update({f"slurm_{k}": v for k, v in (("partition", self.cfg.partition), ("account", self.cfg.account),
                                                       ("qos", self.cfg.qos)) if v})
         return params
+
+    def cancel(self, job_id: str) -> None:
+        _run(["scancel", job_id])
 
     def find_jobs(self, job_name: str) -> list[str]:
         text = _run(["squeue", "-h", "-r", "-t", "all", "-n", job_name, "-o", "%i|%T"])
@@ -178,6 +184,16 @@ class LocalCluster(Cluster):
 
     def states(self, job_ids: list[str]) -> dict[str, JobState]:
         return {j: _local_state(j) for j in job_ids}
+
+    def cancel(self, job_id: str) -> None:
+        if job_id.isdigit():
+            try:
+                os.killpg(int(job_id), 15)
+            except OSError:
+                try:
+                    os.kill(int(job_id), 15)
+                except OSError:
+                    pass
 
 
 def _local_state(job_id: str) -> JobState:
