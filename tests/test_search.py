@@ -72,3 +72,44 @@ def _as_dict(cfg):
     data["metric_range"] = None
     del data["metric_range"]
     return data
+
+
+def test_gpu_hours_cap_stops_new_work(tmp_path: Path) -> None:
+    import yaml
+
+    with FakeLLMServer(toy_search_responder()) as server:
+        data = _as_dict(search_config(tmp_path, server.base_url, cluster="debug"))
+        env_yaml = Path(data["env"]) / "env.yaml"
+        spec = yaml.safe_load(env_yaml.read_text())
+        spec["resources"]["gpus"] = 1          # the debug cluster ignores GPUs; the accounting does not
+        env_yaml.write_text(yaml.safe_dump(spec))
+        data["budget"] = {"gpu_hours": 1e-7}
+        state = run_search(tmp_path / "run", from_dict(SearchRunConfig, data, "t"), Console(record=True), live=False)
+    assert state.meta["stopping"].startswith("GPU-hours cap")
+    assert state.gpu_hours > 1e-7 and state.meta["finished"]
+    submitted = [v for v in state.candidates.values() if v.job_id]
+    assert len(submitted) < 13 and all(v.status for v in submitted)   # what ran finished; nothing new started
+
+
+def test_second_daemon_is_refused(tmp_path: Path) -> None:
+    from toolkit.errors import LockHeldError
+    from toolkit.fsio import DaemonLock
+
+    first = DaemonLock(tmp_path / "daemon.lock")
+    first.acquire()
+    with pytest.raises(LockHeldError, match="another daemon"):
+        DaemonLock(tmp_path / "daemon.lock").acquire()
+    first.release()
+    (tmp_path / "daemon.lock").write_text("999999999@" + __import__("socket").gethostname())  # a dead pid
+    DaemonLock(tmp_path / "daemon.lock").acquire()   # a stale lock is taken over
+
+
+def test_real_llm_replaces_replay_when_a_key_is_set() -> None:
+    from toolkit.runs import prefer_real_llm
+
+    cfg = from_dict(SearchRunConfig, {"use_real_llm_if_key": True,
+                                      "llm": {"ideator": {"provider": "replay", "replay_file": "x"}}}, "t")
+    assert prefer_real_llm(cfg, {}).llm.ideator.provider == "replay"
+    real = prefer_real_llm(cfg, {"ANTHROPIC_API_KEY": "k"})
+    assert real.llm.ideator.provider == "anthropic" and real.llm.implementer.provider == "anthropic"
+    assert real.llm.ideator.replay_file == ""

@@ -54,8 +54,18 @@ def summary(state: RunState) -> Text:
     return Text(" | ".join(parts))
 
 
+def results_progress(state: RunState) -> Table:
+    from rich.progress_bar import ProgressBar
+
+    total = max(len(state.candidates), 1)
+    done = sum(1 for v in state.candidates.values() if v.terminal)
+    grid = Table.grid(padding=(0, 1))
+    grid.add_row(Text("results"), ProgressBar(total=total, completed=done, width=40), Text(f"{done}/{total}"))
+    return grid
+
+
 def execute_view(state: RunState) -> Group:
-    return Group(candidates_table(state), summary(state))
+    return Group(candidates_table(state), results_progress(state), summary(state))
 
 
 # ---- the search view (toolkit evolve / toolkit status) ------------------------------------------------------

@@ -98,7 +98,7 @@ def prefer_real_llm(cfg: Any, environ: dict[str, str]) -> Any:
         return cfg
     for key, (provider, model) in DEFAULT_MODELS.items():
         if environ.get(key):
-            return with_llm(cfg, provider, model, None, None)
+            return with_llm(cfg, provider, model, None, "")
     return cfg
 
 

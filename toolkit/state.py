@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 from toolkit import fsio
 from toolkit.layout import RunLayout
@@ -74,7 +75,9 @@ class RunState:
     def update(self, cid: str, **changes: Any) -> None:
         self.candidates[cid] = replace(self.candidates.get(cid, CandidateView(cid=cid)), **changes)
 
-    def table(self) -> pd.DataFrame:
+    def table(self) -> "pd.DataFrame":
+        import pandas as pd  # imported here: the daemon's start-up (and resume) should not pay for it
+
         rows = [{**c.__dict__, "stage": c.stage} for c in self.candidates.values()]
         return pd.DataFrame(rows, columns=[*CandidateView.__dataclass_fields__, "stage"])
 
