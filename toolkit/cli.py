@@ -12,6 +12,8 @@ from rich.console import Console
 
 from toolkit import dashboard
 from toolkit.config import CLUSTERS, ClusterConfig, SearchRunConfig, ServeConfig
+from toolkit.report import add_report_parser
+from toolkit.rl.cli import add_rl_parser
 from toolkit.serve import start_server, stop_server, wait_for_endpoint
 from toolkit.evolve import run_dir_for, run_search
 from toolkit.errors import ConfigError, ToolkitError
@@ -160,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--run-dir", help="where the endpoint is recorded (default runs/llm-<model>)")
     sv.add_argument("--stop", action="store_true", help="cancel the server job recorded in --run-dir")
     sv.set_defaults(func=cmd_serve_llm)
+    add_report_parser(sub)
+    add_rl_parser(sub)
     st = sub.add_parser("status", help="the tables of a running or finished run, from another shell")
     st.add_argument("run_dir")
     st.set_defaults(func=cmd_status)

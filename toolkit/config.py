@@ -15,6 +15,7 @@ import yaml
 
 from toolkit.errors import ConfigError
 from toolkit.llm.base import LLMSettings
+from toolkit.wandb_log import WandbSettings
 
 T = TypeVar("T")
 
@@ -31,7 +32,8 @@ class ClusterConfig:
     time_margin_min: int = 5           # added to the env's run + eval budget for the SLURM time limit
     poll_s: float = 10.0               # scheduler/collector tick interval
     lost_grace_s: float = 60.0         # a job SLURM calls finished gets this long for its result file to appear
-    max_lost_retries: int = 1          # a lost task (no result file) is resubmitted this many times
+    max_lost_retries: int = 1          # a lost task (node failure, kill, no result file) is resubmitted this often
+    retry_cancelled: bool = False      # also resubmit tasks someone cancelled with scancel
     sbatch_extra: dict[str, str] = field(default_factory=dict)   # any other sbatch flag, e.g. {constraint: h100}
 
     def __post_init__(self) -> None:
@@ -45,6 +47,7 @@ class ImplementConfig:
     revisions: int = 2                 # sequential self-revisions of a failing diff (paper: 2)
     quick_check_timeout_s: float = 120.0
     workers: int = 8                   # ideas implemented at once (LLM calls are further capped per client)
+    preflight_concurrency: int = 2     # quick checks running at once on the daemon's host
 
 
 @dataclass(frozen=True)
@@ -188,3 +191,4 @@ class SearchRunConfig(RunConfig):
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     use_real_llm_if_key: bool = False  # quickstart: a configured API key replaces the bundled replay
     serve_llm: ServeConfig = field(default_factory=ServeConfig)   # run the ideator/implementer model on your GPUs
+    wandb: WandbSettings = field(default_factory=WandbSettings)   # optional W&B logging (off by default)

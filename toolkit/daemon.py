@@ -46,6 +46,7 @@ class Daemon:
         self.pool = ThreadPoolExecutor(max_workers=parts.cfg.implement.workers, thread_name_prefix="implement")
         self.inflight: dict[str, Future] = {}
         self.finished_seen: dict[str, float] = {}
+        self.malformed_seen: dict[str, float] = {}
         self.stopping: Any = lambda: False   # a budget hook: when true no new work starts, running work finishes
 
     @property
@@ -176,8 +177,9 @@ class Daemon:
 
     # ---- collect ---------------------------------------------------------------------------------------
     def collect(self) -> None:
-        waiting = self._views(lambda v: bool(v.job_id) and not v.status)
-        missing = [v for v in waiting if not self._read_result(v)]
+        """Only candidates still waiting are looked at: one stat each, one read per new result file."""
+        waiting = self._views(lambda v: bool(v.job_id) and (not v.status or v.status == "lost"))
+        missing = [v for v in waiting if not self._read_result(v) and not v.status]
         if not missing:
             return
         states = self.p.cluster.states([v.job_id for v in missing])
@@ -185,15 +187,25 @@ class Daemon:
             self._follow(view, states[view.job_id])
 
     def _read_result(self, view: CandidateView) -> bool:
+        """Record result.json if it is there and whole; a late result replaces a `lost` verdict."""
         path = self.p.layout.candidate(view.cid).result
         if not path.exists():
             return False
         try:
             result = _parse_result(fsio.read_json(path), view.cid)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as exc:
+            first = self.malformed_seen.setdefault(view.cid, self.clock())
+            if self.clock() - first < self.p.cfg.cluster.lost_grace_s:
+                return True  # maybe still being written by a non-atomic writer: look again next tick
             result = Result(cid=view.cid, status="failed", reason=f"malformed result file {path}: {exc!r}")
         self.log.emit("result", **{k: v for k, v in to_json(result).items() if k not in ("schema", "log_tail")})
+        self._note_duplicates(view.cid)
         return True
+
+    def _note_duplicates(self, cid: str) -> None:
+        extra = sorted(p.name for p in self.p.layout.candidate(cid).root.glob("result.dup-*.json"))
+        if extra:
+            self.log.emit("duplicate_result", cid=cid, files=extra)
 
     def _follow(self, view: CandidateView, state: Any) -> None:
         if state.phase != view.job_phase and state.phase != "unknown":
@@ -205,13 +217,24 @@ class Daemon:
             self._lost(view, state.raw)
 
     def _lost(self, view: CandidateView, raw: str) -> None:
+        """A job ended without a result: a SLURM time-out is final; the rest is `lost`, retried by policy."""
         tail = self.p.cluster.log_tail(view.job_id)
         self.log.emit("lost", cid=view.cid, job_id=view.job_id, attempt=view.attempt, raw=raw, log_tail=tail)
-        if view.attempt < self.p.cfg.cluster.max_lost_retries:
-            self.submit([view], attempt=view.attempt + 1)
-            return
-        self.log.emit("result", cid=view.cid, status="lost", job_id=view.job_id, attempt=view.attempt,
-                      reason=f"job ended ({raw or 'state unknown'}) without a result file", wall_s=0.0)
+        if raw.startswith("TIMEOUT"):
+            return self._final(view, "timeout", f"SLURM time limit reached before the worker wrote a result ({raw})")
+        if self._deserves_retry(view, raw):
+            return self.submit([view], attempt=view.attempt + 1)
+        self._final(view, "lost", f"job ended ({raw or 'state unknown'}) without a result file")
+
+    def _deserves_retry(self, view: CandidateView, raw: str) -> bool:
+        cluster = self.p.cfg.cluster
+        if raw.startswith("CANCELLED") and not cluster.retry_cancelled:
+            return False  # someone cancelled it on purpose
+        return view.attempt < cluster.max_lost_retries and not self.stopping()
+
+    def _final(self, view: CandidateView, status: str, reason: str) -> None:
+        self.log.emit("result", cid=view.cid, status=status, job_id=view.job_id, attempt=view.attempt,
+                      reason=reason, wall_s=0.0)
 
     def record_spend(self) -> None:
         if abs(self.p.meter.spent_usd - self.state.llm_spend_usd) > 1e-9:

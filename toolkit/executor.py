@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -35,7 +36,8 @@ def execute_ideas(run_dir: Path, cfg: RunConfig, ideas: list[Idea], live: bool =
 
 def run_until_done(daemon: Daemon, console: Console, live: bool) -> None:
     stop = {"now": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    in_main = threading.current_thread() is threading.main_thread()  # signals can only be caught there
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True)) if in_main else None
     view = Live(dashboard.execute_view(daemon.state), console=console, refresh_per_second=2,
                 transient=not console.is_terminal) if live else nullcontext()
     try:
@@ -48,4 +50,5 @@ def run_until_done(daemon: Daemon, console: Console, live: bool) -> None:
                     return
                 time.sleep(sleep_s)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)

@@ -74,6 +74,7 @@ def implement_prompt(spec: EnvSpec, idea: Idea) -> str:
 class Implementer:
     def __init__(self, spec: EnvSpec, llm: LLMClient, cfg: ImplementConfig, data_dir: Path) -> None:
         self.spec, self.llm, self.cfg, self.data_dir = spec, llm, cfg, data_dir
+        set_preflight_concurrency(cfg.preflight_concurrency)
         self.system = render("implement_system")
 
     def implement(self, idea: Idea, final: CandidatePaths) -> ImplementOutcome:
@@ -89,7 +90,7 @@ class Implementer:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        outcome = replace(outcome, wall_s=time.monotonic() - start)
+        outcome = replace(outcome, cid=final.cid, wall_s=time.monotonic() - start)
         self._finish(cand, outcome, win)
         shutil.rmtree(final.root, ignore_errors=True)
         staging.rename(final.root)
@@ -206,7 +207,21 @@ def _compile_all(code_dir: Path) -> str:
     return ""
 
 
+_PREFLIGHT_SLOTS = threading.BoundedSemaphore(2)
+
+
+def set_preflight_concurrency(n: int) -> None:
+    """Quick checks run on the daemon's host: cap how many run at once (samples x workers could be 160)."""
+    global _PREFLIGHT_SLOTS
+    _PREFLIGHT_SLOTS = threading.BoundedSemaphore(max(1, n))
+
+
 def _quick_check(code_dir: Path, spec: EnvSpec, timeout_s: float, data_dir: Path) -> str:
+    with _PREFLIGHT_SLOTS:
+        return _quick_check_now(code_dir, spec, timeout_s, data_dir)
+
+
+def _quick_check_now(code_dir: Path, spec: EnvSpec, timeout_s: float, data_dir: Path) -> str:
     """Run the quick check in a throwaway copy so nothing it writes reaches the candidate."""
     with tempfile.TemporaryDirectory(prefix="toolkit-preflight-") as tmp:
         work = Path(tmp) / "code"

@@ -79,7 +79,8 @@ def open_run(run_dir: Path, cfg: RunConfig, adjust: Callable[[Any], Any] | None 
     spec = snapshot_env(layout, cfg)
     meter = SpendMeter(cap_usd=spend_cap(cfg), spent_usd=load_state(layout).llm_spend_usd)
     llm = make_llm(cfg.llm.implementer, meter, layout)
-    implementer = Implementer(spec, llm, cfg.implement, layout.root / "preflight-data")
+    preflight_data = Path(cfg.data_dir).expanduser() if cfg.data_dir else layout.root / "preflight-data"
+    implementer = Implementer(spec, llm, cfg.implement, preflight_data)
     cluster = make_cluster(layout.jobs, cfg.cluster)
     return Parts(layout=layout, cfg=cfg, spec=spec, implementer=implementer, cluster=cluster, meter=meter)
 

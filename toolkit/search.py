@@ -5,6 +5,7 @@ recorded in the event log first, so a restart (kill -9 included) rebuilds the sa
 """
 from __future__ import annotations
 
+import logging
 import queue
 import shutil
 import time
@@ -13,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from toolkit import fsio
-from toolkit.config import SearchRunConfig
+from toolkit.config import SearchRunConfig, to_dict
 from toolkit.daemon import Daemon, Parts
 from toolkit.ideator import Ideator, Proposal
 from toolkit.policy import BASELINE_ID, Call, baseline_reward, epoch_calls, exemplars, explore_sample, remaining_calls
 from toolkit.records import Idea, ImplementOutcome, to_json
 from toolkit.state import CandidateView
+from toolkit.wandb_log import make_logger
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class SearchDaemon(Daemon):
         self.batches: queue.Queue[Batch] = queue.Queue()
         self.ideation_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ideate")
         self.stopping = self.budget_reason
+        self.wandb = make_logger(self.cfg.wandb, parts.layout.root, to_dict(self.cfg))
 
     # ---- the tick --------------------------------------------------------------------------------------
     def tick(self) -> float:
@@ -50,7 +53,16 @@ class SearchDaemon(Daemon):
             self.ideate()
         sleep_s = super().tick()
         self.maybe_end_epoch()
+        self.log_wandb()
         return 1.0 if self.ideation is not None else sleep_s
+
+    def log_wandb(self) -> None:
+        if self.wandb is None:
+            return
+        try:
+            self.wandb.update(self.state)
+        except Exception as exc:  # W&B trouble must never stop a search
+            logging.getLogger(__name__).warning("wandb logging failed: %r", exc)
 
     def start_search(self) -> None:
         if "search" in self.state.meta:
@@ -194,4 +206,6 @@ class SearchDaemon(Daemon):
 
     def close(self) -> None:
         self.ideation_pool.shutdown(wait=False, cancel_futures=True)
+        if self.wandb is not None:
+            self.wandb.finish()
         super().close()

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, replace
@@ -50,13 +51,62 @@ class WorkerRun:
 
     def __call__(self, task: WorkerTask) -> dict[str, Any]:
         paths = CandidatePaths(Path(task.cand_dir))
+        _exit_on_term()
         try:
             result = execute(task, paths)
+        except SlurmTimeLimit:
+            result = Result(cid=paths.cid, status="timeout", reason="SLURM time limit reached before run + eval "
+                            "finished", log_tail=_tail(paths.worker_log))
         except Exception:  # the outermost frame of a job: must survive and report
             result = Result(cid=paths.cid, status="failed", reason="worker error: " + traceback.format_exc()[-1500:])
         result = replace(result, wall_s=result.run_s + result.eval_s, **_provenance(task, paths))
-        fsio.atomic_write_json(paths.result, to_json(result))
+        fsio.atomic_write_json(_result_path(paths, result), to_json(result))
         return to_json(result)
+
+
+def _result_path(paths: CandidatePaths, result: Result) -> Path:
+    """The first result stands; a second run of the same candidate (a duplicate job) is kept beside it."""
+    if paths.result.exists():
+        return paths.root / f"result.dup-{result.job_id}-{int(time.time())}.json"
+    return paths.result
+
+
+class Terminated(BaseException):
+    """SLURM is stopping this task (scancel, preemption, time limit): no verdict is written, the daemon
+    decides from SLURM's state (a requeued task simply runs again)."""
+
+
+class SlurmTimeLimit(Exception):
+    """USR2: submitit's warning that the SLURM time limit is near (`--signal=USR2@delay`)."""
+
+
+def _exit_on_term() -> None:
+    """TERM (scancel, preemption) ends the task without a verdict; USR2 (the time-limit warning, replacing
+    submitit's handler, which would call a plain function's time-out an error) gives a `timeout` verdict."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_term)
+        signal.signal(signal.SIGUSR2, _on_time_limit)
+
+
+def _stop_running() -> None:
+    for pid in list(_RUNNING):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _on_term(signum: int, frame: Any) -> None:
+    _stop_running()
+    raise Terminated(f"signal {signum}")
+
+
+def _on_time_limit(signum: int, frame: Any) -> None:
+    _stop_running()
+    raise SlurmTimeLimit("the SLURM time limit is near")
+
+
+_RUNNING: set[int] = set()
 
 
 def run_task(task: WorkerTask) -> dict[str, Any]:
@@ -148,7 +198,11 @@ def run_step(command: str, cwd: Path, env: dict[str, str], timeout_s: float, log
         out = subprocess.PIPE if capture else log_f
         proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=out, stderr=log_f,
                                 stdin=subprocess.DEVNULL, start_new_session=True, text=True)
-        stdout, code = _wait(proc, timeout_s)
+        _RUNNING.add(proc.pid)
+        try:
+            stdout, code = _wait(proc, timeout_s)
+        finally:
+            _RUNNING.discard(proc.pid)
         if capture:
             log_f.write(stdout)
     return StepOutcome(returncode=code, wall_s=time.monotonic() - start, stdout=stdout)

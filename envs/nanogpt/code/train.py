@@ -5,6 +5,7 @@ The score is the validation loss of the checkpoint this script leaves behind: lo
 This one file is the whole training recipe, and the file to change. run.sh launches it:
     torchrun --standalone --nproc_per_node=8 train.py     # the real run, one node of 8 x H100
     TOOLKIT_SMOKE=1 python train.py                       # smoke run: tiny model, synthetic tokens, CPU
+    TOOLKIT_SMOKE=1 TOOLKIT_QUICK_CHECK=1 python train.py # the preflight: the smoke run cut to two steps
 
 What the (locked) evaluation relies on, so keep it true whatever else you change:
   * rank 0 writes ckpt.pt = {"model": state_dict, "model_config": dict, "tokens": int, "train_s": float};
@@ -70,6 +71,10 @@ if smoke:  # a few CPU seconds: tiny model, fp32, no compile, synthetic shards (
     train_budget_s = 20.0
     compile_model = False
     log_every = 5
+    # the implementer's preflight (TOOLKIT_QUICK_CHECK=1) only proves that the patched code starts, steps,
+    # saves and passes the eval's interface checks: two steps, so many patched copies can be checked at once
+    if os.environ.get("TOOLKIT_QUICK_CHECK") == "1":
+        num_iterations = 2
 
 
 # -----------------------------------------------------------------------------

