@@ -149,7 +149,8 @@ class Daemon:
             intent = self.state.meta["intents"][name]
             found = self.p.cluster.find_jobs(name)
             if len(found) == len(intent["cids"]):
-                self._record_submitted(intent["cids"], found, intent["attempt"])
+                pairs = [(c, j) for c, j in zip(intent["cids"], found) if not self.state.candidates[c].job_id]
+                self._record_submitted([c for c, _ in pairs], [j for _, j in pairs], intent["attempt"])
         for view in views:
             if not self.state.candidates[view.cid].job_id:
                 left.append(view)

@@ -1,0 +1,199 @@
+"""Fault injection without a cluster: LLM faults, bad result files, bad inputs, metric attacks."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from helpers import copy_env, make_diff
+from search_helpers import toy_search_responder
+from toolkit import fsio
+from toolkit.cli import main
+from toolkit.config import ClusterConfig, ImplementConfig, LLMConfig, RunConfig, SearchRunConfig, from_dict
+from toolkit.daemon import Daemon
+from toolkit.evolve import run_search
+from toolkit.executor import execute_ideas
+from toolkit.llm.base import LLMSettings
+from toolkit.records import Idea, ImplementOutcome, to_json
+from toolkit.runs import open_run
+from toolkit.scheduler import Cluster, JobState
+from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
+
+
+def run_cfg(env: Path, base_url: str, **llm) -> RunConfig:
+    settings = LLMSettings(provider="openai-compatible", model="fake", base_url=base_url + "/v1", backoff_s=0.01,
+                           max_retries=2, timeout_s=1.0, **llm)
+    return RunConfig(env=str(env), llm=LLMConfig(ideator=settings, implementer=settings),
+                     implement=ImplementConfig(samples=2, revisions=1, workers=6),
+                     cluster=ClusterConfig(cluster="debug", poll_s=0.2))
+
+
+def test_llm_faults_become_recorded_reasons(tmp_path: Path) -> None:
+    """429 storms, 500s, time-outs, empty and truncated output, prose without a diff: never a crash."""
+    env = copy_env(tmp_path / "env")
+    good = make_diff(env / "code", "train.py", "LR = 0.05 ", "LR = 0.3 ")
+
+    def respond(request: dict) -> FakeReply:
+        text = json.dumps(request["body"])
+        if "STORM429" in text:
+            return FakeReply(status=429, retry_after_s=0.01)
+        if "ERR500" in text:
+            return FakeReply(status=500)
+        if "SLOWPOKE" in text:
+            return FakeReply(text=good, delay_s=3.0)
+        if "EMPTY" in text:
+            return FakeReply(text="")
+        if "PROSE" in text:
+            return FakeReply(text="Sure! I would change the learning rate, but here is no diff.")
+        if "TRUNCATED" in text:
+            return FakeReply(text=good, truncate=True)
+        return FakeReply(text=good)
+
+    markers = ["STORM429", "ERR500", "SLOWPOKE", "EMPTY", "PROSE", "TRUNCATED", "FINE"]
+    ideas = [Idea(idea_id=f"i{n}", text=f"{m}: set LR to 0.3") for n, m in enumerate(markers)]
+    with FakeLLMServer(respond) as server:
+        state = execute_ideas(tmp_path / "run", run_cfg(env, server.base_url), ideas)
+    by = {v.idea.split(":")[0]: v for v in state.candidates.values()}
+    assert "429" in by["STORM429"].implement_reason and by["STORM429"].implement_status == "failed"
+    assert "500" in by["ERR500"].implement_reason
+    assert "timeout" in by["SLOWPOKE"].implement_reason.lower()
+    assert "empty output" in by["EMPTY"].implement_reason
+    assert "no diff found" in by["PROSE"].implement_reason
+    assert by["TRUNCATED"].implement_status in ("failed", "ready")      # half a diff may or may not apply
+    assert by["FINE"].status == "ok"
+    calls = [json.loads(line) for line in (tmp_path / "run" / "state" / "llm_calls.jsonl").read_text().splitlines()]
+    assert any(c["status"] == "error" and c["reason"] for c in calls)
+
+
+class StubCluster(Cluster):
+    """Jobs 'run' nowhere; the test writes their result files by hand (the collector is what is tested)."""
+    name = "stub"
+
+    def submit(self, tasks, resources, job_name):
+        return [f"900_{n}" for n in range(len(tasks))]
+
+    def states(self, job_ids):
+        return {j: JobState("COMPLETED", "finished") for j in job_ids}
+
+
+def collector(tmp_path: Path, cids: list[str]) -> Daemon:
+    env = copy_env(tmp_path / "env")
+    cfg = RunConfig(env=str(env), cluster=ClusterConfig(cluster="debug", lost_grace_s=0.0),
+                    llm=LLMConfig(implementer=LLMSettings(provider="openai-compatible", base_url="http://127.0.0.1:9/v1")))
+    parts = open_run(tmp_path / "run", cfg)
+    parts.cluster = StubCluster(parts.layout.jobs, cfg.cluster)
+    for cid in cids:
+        paths = parts.layout.candidate(cid)
+        shutil.copytree(parts.spec.code_dir, paths.code)
+        fsio.atomic_write_json(paths.idea, to_json(Idea(idea_id=cid, text=cid)))
+        fsio.atomic_write_json(paths.implement, to_json(ImplementOutcome(cid=cid, status="ready")))
+        fsio.atomic_write_text(paths.ready, "")
+    daemon = Daemon(parts)
+    daemon.tick()   # adopt + submit (nothing runs)
+    return daemon
+
+
+def test_bad_result_files_are_detected_and_not_fatal(tmp_path: Path) -> None:
+    daemon = collector(tmp_path, ["trunc", "junk", "twice", "fine", "none"])
+    layout = daemon.p.layout
+    ok = {"schema": 1, "cid": "x", "status": "ok", "metric": 0.1, "reward": 10.0, "metrics": {"val_mse": 0.1}}
+    (layout.candidate("trunc").result).write_text(json.dumps(ok)[:25])            # half-written / truncated
+    (layout.candidate("junk").result).write_text(json.dumps({"status": "great"}))  # malformed
+    fsio.atomic_write_json(layout.candidate("twice").result, ok)
+    fsio.atomic_write_json(layout.candidate("twice").root / "result.dup-901_2-1.json", ok)  # written twice
+    fsio.atomic_write_json(layout.candidate("fine").result, ok)
+    daemon.tick()
+    daemon.tick()
+    views = daemon.state.candidates
+    assert views["trunc"].status == "failed" and "malformed result file" in views["trunc"].reason
+    assert views["junk"].status == "failed" and "status must be one of" in views["junk"].reason
+    assert views["twice"].status == "ok" and views["fine"].status == "ok"
+    assert views["none"].status in ("", "lost") and views["none"].attempt >= 0   # retried by policy, not fatal
+    assert '"kind": "duplicate_result"' in layout.events.read_text()
+
+
+def test_half_written_result_gets_time_to_complete(tmp_path: Path) -> None:
+    daemon = collector(tmp_path, ["slow"])
+    object.__setattr__(daemon.p.cfg.cluster, "lost_grace_s", 60.0)
+    path = daemon.p.layout.candidate("slow").result
+    path.write_text('{"status": "ok", "rew')
+    daemon.tick()
+    assert daemon.state.candidates["slow"].status == ""          # not judged yet
+    fsio.atomic_write_json(path, {"status": "ok", "reward": 2.0, "metric": 0.5})
+    daemon.tick()
+    assert daemon.state.candidates["slow"].status == "ok"
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ({"cluster": {"partiton": "h100"}}, "partiton"),
+    ({"search": {"epochs": 0}}, "epochs"),
+    ({"llm": {"ideator": {"provider": "gemini"}}}, "gemini"),
+    ({"env": "/nonexistent/env"}, "env.yaml"),
+])
+def test_bad_config_fails_before_any_job(tmp_path: Path, capsys, edit: dict, needle: str) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"env": str(copy_env(tmp_path / "env")), "run_dir": str(tmp_path / "run"), **edit}))
+    rc = main(["evolve", "--config", str(config), "--cluster", "debug"])
+    out = capsys.readouterr().out
+    assert rc == 2 and needle in out and "error" in out
+    assert not (tmp_path / "run" / "jobs").exists() or not any((tmp_path / "run" / "jobs").iterdir())
+
+
+def test_bad_env_dir_fails_before_any_job(tmp_path: Path, capsys) -> None:
+    env = copy_env(tmp_path / "env")
+    (env / "env.yaml").write_text((env / "env.yaml").read_text().replace("metric: val_mse", "metric: val_mse\nmetrik: x"))
+    rc = main(["execute", str(_ideas(tmp_path)), "--env", str(env), "--out", str(tmp_path / "run"), "--cluster", "debug"])
+    out = capsys.readouterr().out
+    assert rc == 2 and "metrik" in out and str(env / "env.yaml") in out.replace("\n", "")
+
+
+def _ideas(tmp_path: Path) -> Path:
+    path = tmp_path / "ideas.jsonl"
+    path.write_text('{"idea": "x"}\n')
+    return path
+
+
+def test_metric_attacks_never_become_best(tmp_path: Path) -> None:
+    """A search where some 'ideas' attack the metric: each ends invalid and the best is an honest one."""
+    env = copy_env(tmp_path / "env")
+    code = env / "code"
+    attacks = {
+        "ATTACK-LOCKED": make_diff(code, "eval.py", "mse = sum(", "mse = 1e-4 + 0 * sum("),
+        "ATTACK-RUNTIME": make_diff(code, "train.py", "    w, b = train()\n",
+                                    "    open('eval.py', 'w').write('print(\\'{\"val_mse\": 0.002}\\')')\n    w, b = train()\n"),
+        "ATTACK-PRINT": make_diff(code, "train.py", "    w, b = train()\n",
+                                  "    print('{\"val_mse\": 0.002}')\n    w, b = train()\n"),
+        "ATTACK-RANGE": make_diff(code, "train.py", "    w, b = train()\n", "    w, b = train()\n    w, b = 30.0, 1.0\n"),
+        "ATTACK-DAEMON": make_diff(code, "train.py", "    w, b = train()\n",
+                                   "    import subprocess; subprocess.Popen(['setsid', 'sleep', '120'])\n    w, b = train()\n"),
+    }
+    honest = make_diff(code, "train.py", "LR = 0.05 ", "LR = 0.3 ")
+
+    def respond(request: dict) -> FakeReply:
+        prompt = json.dumps(request["body"])
+        if "Reply with ONLY a JSON array" in prompt:
+            return FakeReply(text=json.dumps([{"title": k, "description": "make val_mse look tiny"} for k in attacks] +
+                                             [{"title": "HONEST", "description": "raise the learning rate"}]))
+        for key, diff in attacks.items():
+            if f"# The idea to implement\\n{key}" in prompt:
+                return FakeReply(text=diff)
+        return FakeReply(text=honest)
+
+    with FakeLLMServer(respond) as server:
+        llm = {"provider": "openai-compatible", "model": "fake", "base_url": server.base_url + "/v1"}
+        cfg = from_dict(SearchRunConfig, {"env": str(env), "llm": {"ideator": llm, "implementer": llm},
+                                          "implement": {"samples": 1, "revisions": 0},
+                                          "cluster": {"cluster": "debug", "poll_s": 0.2},
+                                          "search": {"epochs": 1, "ideas_per_epoch": 6, "ideas_per_call": 6}}, "t")
+        state = run_search(tmp_path / "run", cfg, Console(record=True), live=False)
+    by = {v.idea.split(":")[0]: v for v in state.candidates.values()}
+    assert by["ATTACK-LOCKED"].implement_status == "invalid"
+    for key in ("ATTACK-RUNTIME", "ATTACK-RANGE", "ATTACK-DAEMON"):
+        assert by[key].status == "invalid", (key, by[key].reason)
+    assert by["ATTACK-PRINT"].status == "ok" and by["ATTACK-PRINT"].metric > 0.05   # the printed line is ignored
+    best = max((v for v in state.candidates.values() if v.status == "ok"), key=lambda v: v.reward)
+    assert best.idea.startswith("HONEST")
