@@ -125,3 +125,35 @@ def test_cluster_faults(tmp_path: Path) -> None:
     assert slow["o0"].status == "timeout" and "SLURM time limit" in slow["o0"].reason and slow["o0"].attempt == 0
     log = RunLayout(run).events.read_text()
     assert log.count('"kind": "result"') == 5      # every task ends with exactly one verdict
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_node_down_while_jobs_run(tmp_path: Path) -> None:
+    """The node goes down under running tasks: SLURM requeues them (JobRequeue=1) or the daemon retries
+    them as lost; either way every task ends ok and nothing is submitted twice at the same attempt."""
+    env = copy_env(tmp_path / "env")
+    rules = {"DOWN-ME": lambda r: sleepy(env / "code", 20, once=True)}
+    ideas = [Idea(idea_id=f"d{n}", text=f"DOWN-ME: idea {n}") for n in range(2)]
+    node = subprocess.run(["sinfo", "-h", "-o", "%N"], capture_output=True, text=True).stdout.split()[0]
+    states = {}
+    with FakeLLMServer(scripted(rules)) as server:
+        cfg = config(tmp_path, server.base_url, env)
+        thread = threading.Thread(target=lambda: states.update(run=execute_ideas(tmp_path / "run", cfg, ideas)))
+        thread.start()
+        for n in range(2):
+            slept = tmp_path / "run" / "candidates" / f"d{n}" / "code" / ".slept"
+            end = time.time() + 300
+            while not slept.exists() and time.time() < end:
+                time.sleep(0.2)
+        try:
+            subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=fault-test"], check=True)
+            time.sleep(3)
+        finally:
+            subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=True)
+        thread.join(timeout=400)
+    views = states["run"].candidates
+    assert all(v.status == "ok" for v in views.values()), views
+    events = (tmp_path / "run" / "state" / "events.jsonl").read_text().splitlines()
+    first = [e for e in events if '"kind": "submitted"' in e and '"attempt": 0' in e]
+    assert len(first) == 2
