@@ -9,12 +9,9 @@ import math
 import os
 import re
 import subprocess
-import threading
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import submitit
 
@@ -153,22 +150,11 @@ def expand_array_id(job_id: str) -> list[str]:
     return ids
 
 
-_ENV_LOCK = threading.Lock()
-
-
-@contextmanager
-def scrubbed_environ() -> Iterator[None]:
-    """Processes started inside see only allow-listed variables (submitit's local executor copies
-    os.environ into the job): API keys stay in the daemon."""
-    with _ENV_LOCK:
-        saved = dict(os.environ)
-        os.environ.clear()
-        os.environ.update(jobenv.job_environ(saved))
-        try:
-            yield
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+def unset_secrets_line(environ: dict[str, str]) -> str:
+    """A shell line that drops every variable not on the job allow-list (API keys among them)."""
+    keep = jobenv.job_environ(environ)
+    names = sorted(k for k in environ if k not in keep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k))
+    return "unset " + " ".join(names) if names else "true"
 
 
 class LocalCluster(Cluster):
@@ -177,9 +163,12 @@ class LocalCluster(Cluster):
 
     def submit(self, tasks: list[WorkerTask], resources: Resources, job_name: str) -> list[str]:
         executor = submitit.LocalExecutor(folder=self.jobs_dir)
-        executor.update_parameters(timeout_min=time_limit_min(resources, self.cfg.time_margin_min))
-        with scrubbed_environ():
-            jobs = executor.map_array(run_task, tasks)
+        # submitit's local executor copies os.environ into the job; its `setup` lines run in the shell that
+        # starts the job, so the secrets are dropped there (os.environ itself is never touched: other
+        # threads of the daemon read it concurrently).
+        executor.update_parameters(timeout_min=time_limit_min(resources, self.cfg.time_margin_min),
+                                   setup=[unset_secrets_line(dict(os.environ))])
+        jobs = executor.map_array(run_task, tasks)
         return [job.job_id for job in jobs]
 
     def states(self, job_ids: list[str]) -> dict[str, JobState]:
