@@ -26,6 +26,7 @@ from toolkit.state import CandidateView, EventLog
 from toolkit.worker import WorkerTask
 
 FAST_TICK_S = 1.0
+FULL_LISTING_S = 60.0
 
 
 @dataclass
@@ -47,6 +48,9 @@ class Daemon:
         self.inflight: dict[str, Future] = {}
         self.finished_seen: dict[str, float] = {}
         self.malformed_seen: dict[str, float] = {}
+        self.listing: tuple[int, float] = (-1, 0.0)   # (mtime of candidates/, when it was last listed)
+        self.unresolved: set[str] = set()
+        self.just_submitted: set[str] = set()
         self.stopping: Any = lambda: False   # a budget hook: when true no new work starts, running work finishes
 
     @property
@@ -63,11 +67,13 @@ class Daemon:
 
     # ---- the tick --------------------------------------------------------------------------------------
     def tick(self) -> float:
+        self.just_submitted: set[str] = set()
         self.harvest_implemented()
         self.start_implementations()
         self.schedule()
         self.collect()
         self.record_spend()
+        self.log.sync()
         return FAST_TICK_S if self.inflight else self.p.cfg.cluster.poll_s
 
     def done(self) -> bool:
@@ -97,10 +103,26 @@ class Daemon:
                 del self.inflight[cid]
                 if future.exception() is not None:
                     self._implement_crashed(cid, future.exception())
-        for cid in self.p.layout.candidate_ids():
+        for cid in self._listed_candidates():
             view = self.state.candidates.get(cid)
             if (view is None or view.implement_status in ("", "implementing")) and cid not in self.inflight:
                 self._record_implemented(cid)
+
+    def _listed_candidates(self) -> list[str]:
+        """List candidates/ only when it changed (its mtime) or once a minute; in between, re-check only the
+        entries not yet resolved (a hand-dropped dir may get its READY file after the dir appeared)."""
+        folder = self.p.layout.candidates
+        mtime = folder.stat().st_mtime_ns if folder.exists() else 0
+        now = self.clock()
+        if mtime != self.listing[0] or now - self.listing[1] > FULL_LISTING_S:
+            self.listing = (mtime, now)
+            self.unresolved = set(self.p.layout.candidate_ids())
+        self.unresolved = {c for c in self.unresolved if self._unresolved(c)}
+        return sorted(self.unresolved)
+
+    def _unresolved(self, cid: str) -> bool:
+        view = self.state.candidates.get(cid)
+        return view is None or view.implement_status in ("", "implementing")
 
     def _implement_crashed(self, cid: str, exc: BaseException | None) -> None:
         self.log.emit("implemented", cid=cid, status="failed", reason=f"implementer error: {exc!r}")
@@ -168,6 +190,7 @@ class Daemon:
         self._record_submitted([v.cid for v in views], job_ids, attempt)
 
     def _record_submitted(self, cids: list[str], job_ids: list[str], attempt: int) -> None:
+        self.just_submitted.update(cids)
         for cid, job_id in zip(cids, job_ids):
             self.log.emit("submitted", cid=cid, job_id=job_id, attempt=attempt, cluster=self.p.cluster.name,
                           gpus=self.p.spec.resources.gpus * self.p.spec.resources.nodes)
@@ -180,7 +203,8 @@ class Daemon:
     def collect(self) -> None:
         """Only candidates still waiting are looked at: one stat each, one read per new result file."""
         waiting = self._views(lambda v: bool(v.job_id) and (not v.status or v.status == "lost"))
-        missing = [v for v in waiting if not self._read_result(v) and not v.status]
+        missing = [v for v in waiting if not self._read_result(v) and not v.status
+                   and v.cid not in self.just_submitted]   # just submitted: queued, no need to ask SLURM
         if not missing:
             return
         states = self.p.cluster.states([v.job_id for v in missing])

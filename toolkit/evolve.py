@@ -67,10 +67,11 @@ def _loop(daemon: SearchDaemon, console: Console, live: bool) -> None:
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     render = lambda: dashboard.search_view(daemon.state, daemon.clock())  # noqa: E731
     try:
-        with Live(render(), console=console, refresh_per_second=2, transient=False, auto_refresh=live) as shown:
+        # redrawn once per tick (the view only changes then): a timer-driven redraw costs CPU on a login node
+        with Live(render(), console=console, transient=False, auto_refresh=False) as shown:
             while not stop["now"]:
                 sleep_s = daemon.tick()
-                shown.update(render(), refresh=True)
+                shown.update(render(), refresh=live)
                 if daemon.finished():
                     return
                 time.sleep(sleep_s)

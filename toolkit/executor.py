@@ -38,14 +38,14 @@ def run_until_done(daemon: Daemon, console: Console, live: bool) -> None:
     stop = {"now": False}
     in_main = threading.current_thread() is threading.main_thread()  # signals can only be caught there
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True)) if in_main else None
-    view = Live(dashboard.execute_view(daemon.state), console=console, refresh_per_second=2,
+    view = Live(dashboard.execute_view(daemon.state), console=console, auto_refresh=False,
                 transient=not console.is_terminal) if live else nullcontext()
     try:
         with view as shown:
             while not stop["now"]:
                 sleep_s = daemon.tick()
                 if shown is not None:
-                    shown.update(dashboard.execute_view(daemon.state))
+                    shown.update(dashboard.execute_view(daemon.state), refresh=True)
                 if daemon.done():
                     return
                 time.sleep(sleep_s)

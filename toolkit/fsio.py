@@ -55,13 +55,26 @@ def _refresh_dir_cache(folder: Path) -> None:
         pass
 
 
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one line in a single write(2) with O_APPEND: whole lines, even across crashes mid-run."""
+def append_jsonl(path: Path, record: dict[str, Any], fsync: bool = True) -> None:
+    """Append one line in a single write(2) with O_APPEND: whole lines, even across crashes mid-run.
+    A killed process loses nothing written; fsync=False leaves only a machine crash to `sync_file`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_file(path: Path) -> None:
+    """fsync a file once (e.g. the event log at the end of a tick, not after every line)."""
+    if not path.exists():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)

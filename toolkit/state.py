@@ -183,11 +183,19 @@ class EventLog:
     def __init__(self, layout: RunLayout) -> None:
         self.layout = layout
         self.state = load_state(layout)
+        self.dirty = False
 
     def emit(self, kind: str, **data: Any) -> None:
+        """Written at once (a killed daemon loses nothing); made durable by `sync`, once per tick."""
         event = {"kind": kind, "t": time.time(), **data}
-        fsio.append_jsonl(self.layout.events, event)
+        fsio.append_jsonl(self.layout.events, event, fsync=False)
         self.state.apply(event)
+        self.dirty = True
+
+    def sync(self) -> None:
+        if self.dirty:
+            fsio.sync_file(self.layout.events)
+            self.dirty = False
 
 
 def load_state(layout: RunLayout) -> RunState:
