@@ -150,7 +150,10 @@ def test_node_down_while_jobs_run(tmp_path: Path) -> None:
             subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=fault-test"], check=True)
             time.sleep(3)
         finally:
-            subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=True)
+            # ReturnToService=2 may have brought the node back already ("Invalid node state" then)
+            subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
+        states_seen = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True, text=True).stdout
+        assert "down" not in states_seen and "drain" not in states_seen, states_seen
         thread.join(timeout=400)
     views = states["run"].candidates
     assert all(v.status == "ok" for v in views.values()), views
