@@ -103,9 +103,10 @@ class Daemon:
                 del self.inflight[cid]
                 if future.exception() is not None:
                     self._implement_crashed(cid, future.exception())
+                else:
+                    self._record_implemented(cid)   # ours: no need to wait for the listing to notice
         for cid in self._listed_candidates():
-            view = self.state.candidates.get(cid)
-            if (view is None or view.implement_status in ("", "implementing")) and cid not in self.inflight:
+            if cid not in self.inflight:
                 self._record_implemented(cid)
 
     def _listed_candidates(self) -> list[str]:
