@@ -40,24 +40,24 @@ def view(state) -> dict:
 @pytest.mark.slow
 def test_crash_at_each_point_of_a_tick(tmp_path: Path, monkeypatch) -> None:
     env = copy_env(tmp_path / "env")
-    real_emit = EventLog.emit
+    real_emit = EventLog.emit_many
     with FakeLLMServer(toy_search_responder()) as server:
         cfg = config(env, server.base_url)
         calm = view(run_search(tmp_path / "calm", cfg, Console(record=True), live=False))
         for kind, nth in POINTS:
             seen = Counter()
 
-            def emit(self, k, **data):
-                real_emit(self, k, **data)          # the write happened; the process dies right after it
-                seen[k] += 1
-                if k == kind and seen[k] == nth:
+            def emit(self, k, items):
+                real_emit(self, k, items)           # the write happened; the process dies right after it
+                before, seen[k] = seen[k], seen[k] + len(items)
+                if k == kind and before < nth <= seen[k]:
                     raise Crash(f"killed after {kind} #{nth}")
 
             run = tmp_path / f"crash-{kind}"
-            monkeypatch.setattr(EventLog, "emit", emit)
+            monkeypatch.setattr(EventLog, "emit_many", emit)
             with pytest.raises(Crash):
                 run_search(run, cfg, Console(record=True), live=False)
-            monkeypatch.setattr(EventLog, "emit", real_emit)
+            monkeypatch.setattr(EventLog, "emit_many", real_emit)
             state = run_search(run, cfg, Console(record=True), live=False)
             events = (run / "state" / "events.jsonl").read_text().splitlines()
             first = Counter(e for e in events if '"kind": "submitted"' in e and '"attempt": 0' in e)

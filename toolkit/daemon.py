@@ -10,7 +10,7 @@ import json
 import secrets
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from toolkit.state import CandidateView, EventLog
 from toolkit.worker import WorkerTask
 
 FAST_TICK_S = 1.0
+RESULT_EVENT_FIELDS = tuple(f.name for f in fields(Result) if f.name != "log_tail")
 FULL_LISTING_S = 60.0
 
 
@@ -202,9 +203,15 @@ class Daemon:
 
     # ---- collect ---------------------------------------------------------------------------------------
     def collect(self) -> None:
-        """Only candidates still waiting are looked at: one stat each, one read per new result file."""
+        """Only candidates still waiting are looked at: one stat each, one read per new result file; the new
+        results are recorded together (after a restart that can be thousands)."""
         waiting = self._views(lambda v: bool(v.job_id) and (not v.status or v.status == "lost"))
-        missing = [v for v in waiting if not self._read_result(v) and not v.status
+        found = {v.cid: self._read_result(v) for v in waiting}
+        results = [event for event in found.values() if event]
+        self.log.emit_many("result", results)
+        for event in results:
+            self._note_duplicates(event["cid"])
+        missing = [v for v in waiting if found[v.cid] is None and not v.status
                    and v.cid not in self.just_submitted]   # just submitted: queued, no need to ask SLURM
         if not missing:
             return
@@ -212,21 +219,20 @@ class Daemon:
         for view in missing:
             self._follow(view, states[view.job_id])
 
-    def _read_result(self, view: CandidateView) -> bool:
-        """Record result.json if it is there and whole; a late result replaces a `lost` verdict."""
+    def _read_result(self, view: CandidateView) -> dict[str, Any] | None:
+        """The result event of result.json; None while there is none, {} to look again next tick.
+        A late result replaces a `lost` verdict."""
         path = self.p.layout.candidate(view.cid).result
         if not path.exists():
-            return False
+            return None
         try:
             result = _parse_result(fsio.read_json(path), view.cid)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as exc:
             first = self.malformed_seen.setdefault(view.cid, self.clock())
             if self.clock() - first < self.p.cfg.cluster.lost_grace_s:
-                return True  # maybe still being written by a non-atomic writer: look again next tick
+                return {}  # maybe still being written by a non-atomic writer: look again next tick
             result = Result(cid=view.cid, status="failed", reason=f"malformed result file {path}: {exc!r}")
-        self.log.emit("result", **{k: v for k, v in to_json(result).items() if k not in ("schema", "log_tail")})
-        self._note_duplicates(view.cid)
-        return True
+        return {name: getattr(result, name) for name in RESULT_EVENT_FIELDS}   # no deep copy (asdict)
 
     def _note_duplicates(self, cid: str) -> None:
         extra = sorted(p.name for p in self.p.layout.candidate(cid).root.glob("result.dup-*.json"))

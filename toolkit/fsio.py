@@ -58,11 +58,17 @@ def _refresh_dir_cache(folder: Path) -> None:
 def append_jsonl(path: Path, record: dict[str, Any], fsync: bool = True) -> None:
     """Append one line in a single write(2) with O_APPEND: whole lines, even across crashes mid-run.
     A killed process loses nothing written; fsync=False leaves only a machine crash to `sync_file`."""
+    append_jsonl_many(path, [record], fsync)
+
+
+def append_jsonl_many(path: Path, records: list[dict[str, Any]], fsync: bool = True) -> None:
+    """Append many lines with one open and O_APPEND writes (a crash can tear only the last line)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode("utf-8")
+    data = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records).encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        while data:
+            data = data[os.write(fd, data):]
         if fsync:
             os.fsync(fd)
     finally:

@@ -26,13 +26,14 @@ from toolkit.records import Idea, ImplementOutcome, to_json
 
 PROMPT_SUFFIXES = (".py", ".sh")
 ERROR_CHARS = 3000
+SUPERSEDED = "another sample of this idea already passed"
 
 
 @dataclass(frozen=True)
 class Attempt:
     sample: int
     revision: int
-    status: str                        # applied+passed | failed | refused | preflight_failed | llm_error
+    status: str                        # applied+passed | failed | refused | preflight_failed | llm_error | superseded
     reason: str = ""
     diff: str = ""
     code_dir: str = ""
@@ -44,6 +45,7 @@ class _Race:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.checking = threading.Lock()   # held while one of the samples is preflighted
         self.winner: Attempt | None = None
 
     def claim(self, attempt: Attempt) -> bool:
@@ -110,36 +112,45 @@ class Implementer:
         for revision in range(self.cfg.revisions + 1):
             if race.over:
                 break
-            attempt = self._attempt(sample, revision, request, cand)
+            attempt = self._attempt(sample, revision, request, cand, race)
             attempts.append(attempt)
-            if attempt.status == "applied" and race.claim(attempt):
-                break
-            if attempt.status in ("llm_error", "applied"):
+            if attempt.status in ("llm_error", "applied", "superseded"):
                 break
             request = render("revise", implement_prompt=prompt, previous_diff=attempt.diff or "(no diff found)",
                              error=attempt.reason[:ERROR_CHARS])
         return attempts
 
-    def _attempt(self, sample: int, revision: int, prompt: str, cand: CandidatePaths) -> Attempt:
+    def _attempt(self, sample: int, revision: int, prompt: str, cand: CandidatePaths, race: _Race) -> Attempt:
         tag = f"s{sample}r{revision}"
         reply = self.llm.complete(ChatRequest(prompt=prompt, system=self.system, tag=f"implement:{cand.cid.removeprefix('.building-')}:{tag}"))
         self._save_reply(cand, tag, prompt, reply)
         if reply.status != "ok":
             return Attempt(sample, revision, "llm_error", f"LLM {reply.status}: {reply.reason}", cost_usd=reply.cost_usd)
+        if race.over:   # another sample won while this one waited for its reply: no patch, no preflight
+            return Attempt(sample, revision, "superseded", SUPERSEDED, cost_usd=reply.cost_usd)
         dest = cand.root / "attempts" / tag
         patch = apply_patch(reply.text, self.spec.code_dir, dest, self.spec.locked)
-        attempt = replace(self._judge(sample, revision, patch, dest), cost_usd=reply.cost_usd)
+        attempt = replace(self._judge(sample, revision, patch, dest, race), cost_usd=reply.cost_usd)
         fsio.atomic_write_json(cand.implement_dir / f"{tag}.json", attempt.__dict__)
         return attempt
 
-    def _judge(self, sample: int, revision: int, patch: PatchOutcome, dest: Path) -> Attempt:
+    def _judge(self, sample: int, revision: int, patch: PatchOutcome, dest: Path, race: _Race) -> Attempt:
         if patch.status != "applied":
             return Attempt(sample, revision, patch.status, patch.reason, patch.diff)
+        with race.checking:   # one preflight per idea at a time: a pass settles the race before the next starts
+            attempt = self._preflighted(sample, revision, patch, dest, race)
+        if attempt.status != "applied":
+            shutil.rmtree(dest, ignore_errors=True)
+        return attempt
+
+    def _preflighted(self, sample: int, revision: int, patch: PatchOutcome, dest: Path, race: _Race) -> Attempt:
+        if race.over:
+            return Attempt(sample, revision, "superseded", SUPERSEDED, patch.diff)
         problem = preflight(dest, self.spec, self.cfg.quick_check_timeout_s, self.data_dir)
         if problem:
-            shutil.rmtree(dest, ignore_errors=True)
             return Attempt(sample, revision, "preflight_failed", problem, patch.diff)
-        return Attempt(sample, revision, "applied", "", patch.diff, str(dest))
+        race.claim(winner := Attempt(sample, revision, "applied", "", patch.diff, str(dest)))
+        return winner
 
     def _save_reply(self, cand: CandidatePaths, tag: str, prompt: str, reply: LLMReply) -> None:
         if tag != "s0r0" and not tag.endswith("r0"):

@@ -187,9 +187,17 @@ class EventLog:
 
     def emit(self, kind: str, **data: Any) -> None:
         """Written at once (a killed daemon loses nothing); made durable by `sync`, once per tick."""
-        event = {"kind": kind, "t": time.time(), **data}
-        fsio.append_jsonl(self.layout.events, event, fsync=False)
-        self.state.apply(event)
+        self.emit_many(kind, [data])
+
+    def emit_many(self, kind: str, items: list[dict[str, Any]]) -> None:
+        """Events of one kind appended together (one open, one write)."""
+        if not items:
+            return
+        now = time.time()
+        events = [{"kind": kind, "t": now, **data} for data in items]
+        fsio.append_jsonl_many(self.layout.events, events, fsync=False)
+        for event in events:
+            self.state.apply(event)
         self.dirty = True
 
     def sync(self) -> None:
