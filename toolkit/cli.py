@@ -51,6 +51,12 @@ def add_cluster_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--array-parallelism", type=int)
 
 
+def add_run_flags(p: argparse.ArgumentParser, env_help: str) -> None:
+    p.add_argument("--env", help=env_help)
+    p.add_argument("--smoke", action="store_true", help="use the environment's CPU smoke settings")
+    p.add_argument("--samples", type=int, help="diffs sampled in parallel per idea (default 10)")
+
+
 def add_llm_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llm", choices=PROVIDERS, help="provider for both ideator and implementer")
     p.add_argument("--model")
@@ -134,20 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("execute", help="ideas in, one verified score per idea out")
     ex.add_argument("ideas", help="IDEAS.jsonl with one {\"idea\": \"...\"} per line")
-    ex.add_argument("--env", help="shipped env name or a directory with env.yaml (default tiny_lm)")
+    add_run_flags(ex, "shipped env name or a directory with env.yaml (default tiny_lm)")
     ex.add_argument("--out", required=True, help="run directory (created; rerun the same command to resume)")
     ex.add_argument("--config", help="YAML run config (flags override it)")
-    ex.add_argument("--smoke", action="store_true", help="use the environment's CPU smoke settings")
-    ex.add_argument("--samples", type=int, help="diffs sampled in parallel per idea (default 10)")
     add_cluster_flags(ex)
     add_llm_flags(ex)
     ex.set_defaults(func=cmd_execute)
     ev = sub.add_parser("evolve", help="evolutionary (or best-of-N) search as a resumable daemon")
     ev.add_argument("--config", help="search config YAML (e.g. configs/quickstart.yaml)")
     ev.add_argument("--run-dir", help="run directory (default: run_dir in the config, else runs/<config name>)")
-    ev.add_argument("--env", help="override the config's environment")
-    ev.add_argument("--smoke", action="store_true", help="use the environment's CPU smoke settings")
-    ev.add_argument("--samples", type=int, help="diffs sampled in parallel per idea")
+    add_run_flags(ev, "override the config's environment")
     add_cluster_flags(ev)
     add_llm_flags(ev)
     ev.set_defaults(func=cmd_evolve)

@@ -7,7 +7,7 @@ import anthropic
 import httpx2
 
 from toolkit.llm.base import (CallError, ChatRequest, LLMClient, LLMConfigError, LLMReply, LLMSettings, OnReply,
-                              SpendMeter, api_key_from_env, error_detail, http_error)
+                              SpendMeter, api_key_from_env, sdk_errors)
 
 MIN_THINKING_BUDGET_TOKENS = 1024   # the API's floor for budget_tokens
 
@@ -39,16 +39,8 @@ class AnthropicClient(LLMClient):
                                         timeout=settings.timeout_s, max_retries=0)
 
     def _call_once(self, req: ChatRequest) -> LLMReply:
-        try:
+        with sdk_errors(anthropic, httpx2, self.settings.timeout_s):
             return self._streamed(req) if self.settings.stream else self._whole(req)
-        except anthropic.APIStatusError as e:
-            raise http_error(e.status_code, error_detail(e.body, e.message), e.response.headers) from e
-        except (anthropic.APITimeoutError, httpx2.TimeoutException) as e:
-            raise CallError("timeout", f"no answer within timeout_s={self.settings.timeout_s}", True) from e
-        except (anthropic.APIConnectionError, httpx2.TransportError) as e:
-            raise CallError("connection", str(e) or type(e).__name__, True) from e
-        except anthropic.APIError as e:     # malformed answer or stream
-            raise CallError("api error", str(e), True) from e
 
     def _params(self, req: ChatRequest) -> dict[str, Any]:
         s = self.settings

@@ -13,10 +13,11 @@ import random
 import threading
 import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from toolkit.errors import ConfigError
 from toolkit.fsio import append_jsonl
@@ -115,6 +116,22 @@ def http_error(status: int, detail: str, headers: Mapping[str, str] | None = Non
     """An HTTP error answer as a CallError. A status below 400 is an error event inside a 200 stream."""
     retryable = status < 400 or status >= 500 or status in RETRYABLE_HTTP
     return CallError(str(status), detail, retryable, retry_after_s(headers or {}))
+
+
+@contextmanager
+def sdk_errors(sdk: Any, transport: Any, timeout_s: float) -> Iterator[None]:
+    """Map an official SDK's exceptions (openai and anthropic name them alike) and its HTTP transport's
+    (httpx2) to CallError: status errors by code, time-outs and connection trouble as retryable."""
+    try:
+        yield
+    except sdk.APIStatusError as e:
+        raise http_error(e.status_code, error_detail(e.body, e.message), e.response.headers) from e
+    except (sdk.APITimeoutError, transport.TimeoutException) as e:
+        raise CallError("timeout", f"no answer within timeout_s={timeout_s}", True) from e
+    except (sdk.APIConnectionError, transport.TransportError) as e:
+        raise CallError("connection", str(e) or type(e).__name__, True) from e
+    except sdk.APIError as e:           # malformed answer, or an error object inside a stream
+        raise CallError("api error", str(e), True) from e
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:

@@ -11,7 +11,7 @@ import httpx2
 import openai
 
 from toolkit.llm.base import (CallError, ChatRequest, LLMClient, LLMConfigError, LLMReply, LLMSettings, OnReply,
-                              SpendMeter, api_key_from_env, error_detail, http_error)
+                              SpendMeter, api_key_from_env, sdk_errors)
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 REASONING_FIELDS = ("reasoning_content", "reasoning")
@@ -49,16 +49,8 @@ class OpenAIClient(LLMClient):
         return api_key_from_env(self.settings, "OPENAI_API_KEY")
 
     def _call_once(self, req: ChatRequest) -> LLMReply:
-        try:
+        with sdk_errors(openai, httpx2, self.settings.timeout_s):
             return self._streamed(req) if self.settings.stream else self._whole(req)
-        except openai.APIStatusError as e:
-            raise http_error(e.status_code, error_detail(e.body, e.message), e.response.headers) from e
-        except (openai.APITimeoutError, httpx2.TimeoutException) as e:
-            raise CallError("timeout", f"no answer within timeout_s={self.settings.timeout_s}", True) from e
-        except (openai.APIConnectionError, httpx2.TransportError) as e:
-            raise CallError("connection", str(e) or type(e).__name__, True) from e
-        except openai.APIError as e:        # malformed answer, or an error object inside a stream
-            raise CallError("api error", str(e), True) from e
 
     def _params(self, req: ChatRequest) -> dict[str, Any]:
         s = self.settings
