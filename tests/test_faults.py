@@ -98,11 +98,13 @@ def collector(tmp_path: Path, cids: list[str]) -> Daemon:
 
 
 def test_bad_result_files_are_detected_and_not_fatal(tmp_path: Path) -> None:
-    daemon = collector(tmp_path, ["trunc", "junk", "twice", "fine", "none"])
+    daemon = collector(tmp_path, ["trunc", "junk", "types", "noreward", "twice", "fine", "none"])
     layout = daemon.p.layout
     ok = {"schema": 1, "cid": "x", "status": "ok", "metric": 0.1, "reward": 10.0, "metrics": {"val_mse": 0.1}}
     (layout.candidate("trunc").result).write_text(json.dumps(ok)[:25])            # half-written / truncated
     (layout.candidate("junk").result).write_text(json.dumps({"status": "great"}))  # malformed
+    fsio.atomic_write_json(layout.candidate("types").result, {**ok, "wall_s": "12 s", "reward": "high"})
+    fsio.atomic_write_json(layout.candidate("noreward").result, {**ok, "reward": None})
     fsio.atomic_write_json(layout.candidate("twice").result, ok)
     fsio.atomic_write_json(layout.candidate("twice").root / "result.dup-901_2-1.json", ok)  # written twice
     fsio.atomic_write_json(layout.candidate("fine").result, ok)
@@ -111,7 +113,10 @@ def test_bad_result_files_are_detected_and_not_fatal(tmp_path: Path) -> None:
     views = daemon.state.candidates
     assert views["trunc"].status == "failed" and "malformed result file" in views["trunc"].reason
     assert views["junk"].status == "failed" and "status must be one of" in views["junk"].reason
+    assert views["types"].status == "failed" and "not numbers: wall_s, reward" in views["types"].reason
+    assert views["noreward"].status == "failed" and "without a numeric reward" in views["noreward"].reason
     assert views["twice"].status == "ok" and views["fine"].status == "ok"
+    assert views["fine"].reward == 10.0 and views["fine"].metric == 0.1 and views["fine"].wall_s == 0.0
     assert views["none"].status in ("", "lost") and views["none"].attempt >= 0   # retried by policy, not fatal
     assert '"kind": "duplicate_result"' in layout.events.read_text()
 

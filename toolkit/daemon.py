@@ -7,10 +7,11 @@ and each tick only harvests what finished, submits what is ready as one array, a
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,12 @@ from toolkit.envs import EnvSpec
 from toolkit.implementer import Implementer
 from toolkit.layout import RunLayout
 from toolkit.llm.base import SpendMeter
-from toolkit.records import RESULT_STATUSES, Idea, Result, from_json, to_json
+from toolkit.records import Idea, from_json, result_event, to_json
 from toolkit.scheduler import Cluster
 from toolkit.state import CandidateView, EventLog
 from toolkit.worker import WorkerTask
 
 FAST_TICK_S = 1.0
-RESULT_EVENT_FIELDS = tuple(f.name for f in fields(Result) if f.name != "log_tail")
 FULL_LISTING_S = 60.0
 
 
@@ -45,6 +45,7 @@ class Daemon:
         self.p = parts
         self.log = EventLog(parts.layout)
         self.clock = clock
+        self.candidates_dir = str(parts.layout.candidates)
         self.pool = ThreadPoolExecutor(max_workers=parts.cfg.implement.workers, thread_name_prefix="implement")
         self.inflight: dict[str, Future] = {}
         self.finished_seen: dict[str, float] = {}
@@ -221,21 +222,22 @@ class Daemon:
 
     def _read_result(self, view: CandidateView) -> dict[str, Any] | None:
         """The result event of result.json; None while there is none, {} to look again next tick.
-        A late result replaces a `lost` verdict."""
-        path = self.p.layout.candidate(view.cid).result
-        if not path.exists():
+        A late result replaces a `lost` verdict. Plain string paths: a restart may read thousands."""
+        path = os.path.join(self.candidates_dir, view.cid, "result.json")
+        if not os.path.exists(path):
             return None
         try:
-            result = _parse_result(fsio.read_json(path), view.cid)
+            return result_event(fsio.read_json(path), view.cid)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, OSError) as exc:
             first = self.malformed_seen.setdefault(view.cid, self.clock())
             if self.clock() - first < self.p.cfg.cluster.lost_grace_s:
                 return {}  # maybe still being written by a non-atomic writer: look again next tick
-            result = Result(cid=view.cid, status="failed", reason=f"malformed result file {path}: {exc!r}")
-        return {name: getattr(result, name) for name in RESULT_EVENT_FIELDS}   # no deep copy (asdict)
+            reason = f"malformed result file {path}: {exc!r}"
+            return {**result_event({"status": "failed"}, view.cid), "reason": reason}
 
     def _note_duplicates(self, cid: str) -> None:
-        extra = sorted(p.name for p in self.p.layout.candidate(cid).root.glob("result.dup-*.json"))
+        names = os.listdir(os.path.join(self.candidates_dir, cid))
+        extra = sorted(n for n in names if n.startswith("result.dup-") and n.endswith(".json"))
         if extra:
             self.log.emit("duplicate_result", cid=cid, files=extra)
 
@@ -277,12 +279,3 @@ class Daemon:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _parse_result(data: Any, cid: str) -> Result:
-    if not isinstance(data, dict) or data.get("status") not in RESULT_STATUSES:
-        raise ValueError(f"status must be one of {RESULT_STATUSES}")
-    result = from_json(Result, {**data, "cid": cid})
-    if result.status == "ok" and not isinstance(result.reward, (int, float)):
-        raise ValueError("status ok without a numeric reward")
-    return result

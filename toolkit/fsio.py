@@ -34,20 +34,21 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def read_json(path: Path, retries: int = 3, retry_s: float = 0.05) -> Any:
+def read_json(path: Path | str, retries: int = 3, retry_s: float = 0.05) -> Any:
     """Read a JSON file another process wrote; retry a few times for a lagging shared filesystem."""
     for attempt in range(retries):
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            with open(path, "rb") as f:   # bytes: json detects UTF-8 itself, and skips a text decoder
+                return json.loads(f.read())
         except (json.JSONDecodeError, FileNotFoundError):
             if attempt == retries - 1:
                 raise
-            _refresh_dir_cache(path.parent)
+            _refresh_dir_cache(os.path.dirname(path))
             time.sleep(retry_s)
     raise AssertionError("unreachable")
 
 
-def _refresh_dir_cache(folder: Path) -> None:
+def _refresh_dir_cache(folder: Path | str) -> None:
     """Listing a directory makes NFS clients revalidate its attribute cache."""
     try:
         os.listdir(folder)

@@ -83,3 +83,35 @@ class Result:
     @property
     def succeeded(self) -> bool:
         return self.status == "ok"
+
+
+# The event the daemon records for a result file: every field but the log tail (kept in the file).
+RESULT_EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(Result) if f.name != "log_tail")
+_RESULT_DEFAULTS = {f.name: f for f in dataclasses.fields(Result)}
+_RESULT_NUMBERS = ("wall_s", "run_s", "eval_s", "finished_at")
+_RESULT_OPTIONAL_NUMBERS = ("metric", "reward")
+
+
+def result_event(data: Any, cid: str) -> dict[str, Any]:
+    """A worker's result.json as the daemon's `result` event, checked and with defaults filled in: the lean
+    path of `from_json(Result, ...)` (a restart may fold thousands). Raises ValueError for a malformed one."""
+    if not isinstance(data, dict) or data.get("status") not in RESULT_STATUSES:
+        raise ValueError(f"status must be one of {RESULT_STATUSES}")
+    data = {**data, "cid": cid}   # the directory names the candidate, whatever the file says
+    event = {name: data[name] if name in data else _default(name) for name in RESULT_EVENT_FIELDS}
+    bad = [n for n in _RESULT_NUMBERS if not _is_number(event[n])]
+    bad += [n for n in _RESULT_OPTIONAL_NUMBERS if event[n] is not None and not _is_number(event[n])]
+    if bad:
+        raise ValueError(f"not numbers: {', '.join(bad)}")
+    if event["status"] == "ok" and event["reward"] is None:
+        raise ValueError("status ok without a numeric reward")
+    return event
+
+
+def _default(name: str) -> Any:
+    f = _RESULT_DEFAULTS[name]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
