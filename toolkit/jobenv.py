@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Mapping
@@ -21,11 +22,18 @@ DENY = ("*KEY*", "*TOKEN*", "*SECRET*", "*PASSWORD*", "*PASSWD*", "*CREDENTIAL*"
 BATCH_SET = ("SUBMITIT_EXECUTOR",)
 
 
+def _one_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """Shell patterns as one compiled regex: one match per name instead of one per pattern."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+_DENY_RE, _ALLOW_RE = _one_regex(DENY), _one_regex(ALLOW)
+
+
 def allowed(name: str, extra_allow: tuple[str, ...] = ()) -> bool:
-    upper = name.upper()
-    if any(fnmatch.fnmatchcase(upper, pattern) for pattern in DENY):
+    if _DENY_RE.match(name.upper()):
         return False
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in ALLOW + extra_allow)
+    return bool(_ALLOW_RE.match(name)) or any(fnmatch.fnmatchcase(name, p) for p in extra_allow)
 
 
 def job_environ(source: Mapping[str, str] | None = None, extra_allow: tuple[str, ...] = ()) -> dict[str, str]:
