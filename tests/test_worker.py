@@ -80,3 +80,13 @@ def test_parse_metrics() -> None:
     assert parse_metrics('{"a": 1}\ntrailing text') is None
     assert parse_metrics("[1, 2]") is None
     assert parse_metrics("") is None
+
+
+def test_run_over_the_budget_is_invalid(tmp_path: Path) -> None:
+    """A fixed-time budget is a rule: an edited train.py that trains longer gets no score."""
+    task, _ = make_candidate(tmp_path, append("train.py", "\nimport time; time.sleep(1.5)\n"))
+    yaml_path = Path(task.env_dir) / "env.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace("resources: {", "resources: {run_budget_s: 1.0, "))
+    result = run_task(task)
+    assert result["status"] == "invalid" and "run_budget_s of 1 s" in result["reason"], result
+    assert result["run_s"] > 1.0

@@ -29,6 +29,9 @@ class Resources:
     time_min: float = 10.0             # hard limit of the `run` command
     eval_time_min: float = 5.0         # hard limit of the locked `eval` command
     nodes: int = 1
+    # the rule of a fixed-time budget: a run that ends later than this (training budget + start-up) is
+    # `invalid`, since an edited train.py could otherwise buy its score with more time; 0 = no such rule
+    run_budget_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,11 @@ def _after_run(spec: EnvSpec, task: WorkerTask, paths: CandidatePaths, env: dict
                        "in the background (killed)", log_tail=_tail(paths.worker_log))
     if run.returncode != 0:
         return replace(base, reason=f"run exited with code {run.returncode}", log_tail=_tail(paths.worker_log))
+    budget_s = spec.resources.run_budget_s
+    if budget_s and run.wall_s > budget_s:
+        return replace(base, status="invalid", reason=f"the run took {run.wall_s:.0f} s, over the environment's "
+                       f"run_budget_s of {budget_s:g} s: a better score may not be bought with more time",
+                       log_tail=_tail(paths.worker_log))
     restore_locked(spec.code_dir, paths.code, locked)
     ev = run_step(spec.eval, paths.code, env, spec.resources.eval_time_min * 60, paths.worker_log, "eval", capture=True)
     kill_leftovers(env["TOOLKIT_RUN_TOKEN"])
