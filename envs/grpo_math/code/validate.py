@@ -185,7 +185,8 @@ class HFGenerator:
         if self.device == "cpu":
             torch.set_num_threads(1)  # smoke jobs get one core
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(self.device).eval()
+        with torch.device(self.device):  # built where it runs: a 1.5B random init on the CPU alone takes ~30 s
+            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
         self.tokenizer, self.max_tokens = tokenizer, max_tokens
         self.tokenizer.padding_side = "left"
 
