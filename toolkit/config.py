@@ -5,19 +5,12 @@ An unknown key is an error that lists the valid keys with their defaults; units 
 """
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
 
 from toolkit.errors import ConfigError
 from toolkit.llm.base import LLMSettings
+from toolkit.schema import from_dict, load_yaml, override, to_dict  # noqa: F401 (the config API)
 from toolkit.wandb_log import WandbSettings
-
-T = TypeVar("T")
 
 CLUSTERS = ("slurm", "local", "debug")
 
@@ -65,74 +58,6 @@ class RunConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     implement: ImplementConfig = field(default_factory=ImplementConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-
-
-def from_dict(cls: type[T], data: Any, where: str) -> T:
-    """Build dataclass `cls` from a mapping; unknown keys raise with the list of valid keys."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {_describe(cls)}")
-    hints = typing.get_type_hints(cls)
-    values = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
-
-
-def _describe(cls: type) -> str:
-    return ", ".join(f"{f.name} (default {_default(f)!r})" for f in dataclasses.fields(cls))
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        value = f.default_factory()  # type: ignore[misc]
-        return "{...}" if dataclasses.is_dataclass(value) else value
-    return "required"
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where)
-    origin = typing.get_origin(hint)
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, str, bool) and not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
-
-
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml when there: ~10x faster, same result
-
-
-def load_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.load(path.read_text(), Loader=_SAFE_LOADER) or {}
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: file not found") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys")
-    return data
-
-
-def override(obj: T, **changes: Any) -> T:
-    """Replace fields given as non-None keyword arguments (CLI flags override the YAML)."""
-    return dataclasses.replace(obj, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[type-var]
 
 
 STRATEGIES = ("evolve", "best_of_n")

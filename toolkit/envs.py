@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from toolkit.config import from_dict, load_yaml
+from toolkit.schema import from_dict, load_yaml
 from toolkit.errors import ConfigError, EnvError
 
 SHIPPED_ENVS = Path(__file__).resolve().parent.parent / "envs"
