@@ -90,3 +90,23 @@ def test_run_over_the_budget_is_invalid(tmp_path: Path) -> None:
     result = run_task(task)
     assert result["status"] == "invalid" and "run_budget_s of 1 s" in result["reason"], result
     assert result["run_s"] > 1.0
+
+
+def test_wait_exit_blocks_until_exit_or_timeout() -> None:
+    """The run step waits on a pidfd (no polling loop), and still times out."""
+    import resource
+    import subprocess
+    import time
+
+    from toolkit.worker import wait_exit
+    proc = subprocess.Popen(["sleep", "0.5"])
+    cpu0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    wait_exit(proc, 10.0)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    assert proc.returncode == 0 and time.monotonic() - t0 >= 0.45
+    assert (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime) < 0.05   # slept, did not spin
+    slow = subprocess.Popen(["sleep", "5"])
+    with pytest.raises(subprocess.TimeoutExpired):
+        wait_exit(slow, 0.2)
+    slow.kill()
+    slow.wait()
