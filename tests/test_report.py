@@ -47,6 +47,8 @@ PLANS = {
 }
 # evolve: 6 ideas; NODIFF never applies, SYNTAX applies but fails preflight, CRASH fails at run time,
 # LR 1.5 diverges (invalid metric); LR 0.3 and 0.6 beat the baseline's LR 0.05.
+THINKING_CHARS = 400          # the first ideation call thinks 100 rough tokens, the second 200
+REFERENCES = {"a weak published result": 0.5, "a strong published result": 0.0001}   # val_mse, lower is better
 EVOLVE_FUNNEL = dict(proposed=6, patch_applied=5, preflight_passed=4, job_ran=4, valid_metric=2, beat_baseline=2)
 
 
@@ -57,8 +59,10 @@ def search_responder(plan: list[list[str]], code: Path):
         prompt = _user_text(request)
         if "Reply with ONLY a JSON array" in prompt:
             with lock:
-                batch = plan[min(next(calls), len(plan) - 1)]
-            return FakeReply(text=json.dumps([{"title": f"idea {i}", "description": d} for i, d in enumerate(batch)]))
+                call = next(calls)
+            batch = plan[min(call, len(plan) - 1)]
+            return FakeReply(text=json.dumps([{"title": f"idea {i}", "description": d} for i, d in enumerate(batch)]),
+                             thinking="t" * THINKING_CHARS * (call + 1))   # thinking grows with each call
         return FakeReply(text=implement_reply(prompt.split("# The idea to implement")[-1], code))
     return respond
 
@@ -80,6 +84,7 @@ def search_run(root: Path, strategy: str) -> Path:
     env = copy_env(root / f"env-{strategy}")
     spec = yaml.safe_load((env / "env.yaml").read_text())
     spec["resources"]["gpus"] = 1                         # GPU-hours are counted per GPU: use the fake GPUs
+    spec["references"] = REFERENCES
     (env / "env.yaml").write_text(yaml.safe_dump(spec))
     with FakeLLMServer(search_responder(PLANS[strategy], env / "code")) as server:
         llm = {"provider": "openai-compatible", "model": f"fake-{strategy}", "base_url": server.base_url + "/v1",
@@ -255,6 +260,34 @@ def test_reward_per_epoch_and_comparison_match_disk(runs, report) -> None:
         best_on_disk = max(best_per_epoch(disk_rows(run_dir)).values())
         assert comparison.loc[strategy, "best_reward"] == pytest.approx(best_on_disk)
     assert (report / "plots" / "comparison.png").stat().st_size > 5000
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_thinking_length_and_references_match_disk(runs, report) -> None:
+    rows = [r for r in disk_rows(runs["evolve"]) if r["cid"] != "baseline"]
+    ideas = {json.loads((runs["evolve"] / "candidates" / r["cid"] / "idea.json").read_text())["idea_id"]:
+             json.loads((runs["evolve"] / "candidates" / r["cid"] / "idea.json").read_text()) for r in rows}
+    assert {i["epoch"]: i["thinking_tokens"] for i in ideas.values()} == {0: 100, 1: 200}
+    thinking = pd.read_csv(report / "thinking.csv", dtype={"thinking_tokens": str}).set_index("thinking_tokens")
+    assert list(thinking.index) == ["100", "200"]
+    for tokens, epoch in (("100", 0), ("200", 1)):
+        group = [r for r in rows if r["epoch"] == epoch]
+        valid = [r for r in group if r["result"] and r["result"]["status"] == "ok" and r["result"]["reward"]]
+        assert thinking.loc[tokens, "ideas"] == len(group) == 3
+        assert thinking.loc[tokens, "execution_rate"] == pytest.approx(len(valid) / len(group))
+    refs = pd.read_csv(report / "references.csv").set_index("result")
+    everything = disk_rows(runs["evolve"])
+    base = next(r["result"]["metric"] for r in everything if r["cid"] == "baseline")
+    best = max((r for r in rows if r["result"] and r["result"]["status"] == "ok"), key=lambda r: r["result"]["reward"])
+    assert refs.loc["this run: baseline (measured)", "metric"] == pytest.approx(base)
+    assert refs.loc[f"this run: best found ({best['cid']})", "metric"] == pytest.approx(best["result"]["metric"])
+    weak, strong = refs.loc["reference: a weak published result"], refs.loc["reference: a strong published result"]
+    assert bool(weak["best_found_better"]) and not bool(strong["best_found_better"])
+    assert weak["best_found_vs_this"] == pytest.approx(best["result"]["metric"] - 0.5)
+    assert bool(refs.loc["this run: baseline (measured)", "best_found_better"])    # the best beat the baseline
+    page = Tables((report / "index.html").read_text())
+    assert len(page.rows("thinking")) == 2 and len(page.rows("references")) == 4
 
 
 @pytest.mark.slurm

@@ -65,7 +65,8 @@ class Daemon:
         for idea in ideas:
             if idea.idea_id not in self.state.candidates:
                 fsio.atomic_write_json(self.p.layout.idea(idea.idea_id), to_json(idea))
-                self.log.emit("idea", idea_id=idea.idea_id, text=idea.text, epoch=idea.epoch, origin=idea.origin)
+                self.log.emit("idea", idea_id=idea.idea_id, text=idea.text, epoch=idea.epoch, origin=idea.origin,
+                              thinking_tokens=idea.thinking_tokens)
 
     # ---- the tick --------------------------------------------------------------------------------------
     def tick(self) -> float:
@@ -150,7 +151,7 @@ class Daemon:
         idea_file = self.p.layout.candidate(cid).idea
         data = fsio.read_json(idea_file) if idea_file.exists() else {"text": "(no idea.json)"}
         self.log.emit("idea", idea_id=cid, text=data.get("text", ""), epoch=data.get("epoch", self.epoch),
-                      origin=data.get("origin", "external"))
+                      origin=data.get("origin", "external"), thinking_tokens=data.get("thinking_tokens", 0))
 
     @property
     def epoch(self) -> int:

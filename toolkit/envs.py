@@ -52,6 +52,9 @@ class EnvSpec:
     resources: Resources = field(default_factory=Resources)
     env_vars: dict[str, str] = field(default_factory=dict)
     smoke: dict[str, Any] = field(default_factory=dict)
+    # published results in metric units ("paper: best human": 0.688); `toolkit report` sets the best found
+    # against them (full runs only: smoke metrics are not comparable)
+    references: dict[str, float] = field(default_factory=dict)
     root: str = ""                     # the directory env.yaml was loaded from (filled in by load_env)
 
     @property
@@ -130,6 +133,9 @@ def _env_problems(spec: EnvSpec) -> list[str]:
     problems += _reward_problems(spec)
     if len(spec.metric_range) != 2 or spec.metric_range[0] > spec.metric_range[1]:
         problems.append(f"metric_range must be [low, high], got {list(spec.metric_range)}")
+    problems += [f"references: {name!r} must be a number in metric units, got {value!r}"
+                 for name, value in spec.references.items()
+                 if not isinstance(value, (int, float)) or isinstance(value, bool)]
     return problems
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from toolkit.envs import EnvSpec
 from toolkit.implementer import codebase_listing
 from toolkit.llm.base import ChatRequest, LLMClient
+from toolkit.llm.replay import rough_tokens
 from toolkit.policy import Call, outcome_line
 from toolkit.prompts import render
 from toolkit.state import CandidateView
@@ -20,6 +21,7 @@ class Proposal:
     reason: str = ""
     prompt: str = ""
     response: str = ""
+    thinking_tokens: int = 0           # of the call's thinking (about characters / 4)
 
 
 def ideate_prompt(spec: EnvSpec, call: Call, exemplars: list[CandidateView], avoid: list[str],
@@ -44,7 +46,8 @@ class Ideator:
         ideas = parse_ideas(reply.text)[: call.count]
         if not ideas:
             return Proposal("error", reason="no ideas found in the reply", prompt=prompt, response=reply.text)
-        return Proposal("ok", tuple(ideas), prompt=prompt, response=reply.text)
+        return Proposal("ok", tuple(ideas), prompt=prompt, response=reply.text,
+                        thinking_tokens=rough_tokens(reply.thinking))
 
 
 def parse_ideas(text: str) -> list[str]:

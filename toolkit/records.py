@@ -33,6 +33,9 @@ class Idea:
     epoch: int = 0
     origin: str = "user"               # user | fresh | exploit | explore | best_of_n | rl
     created_at: float = field(default_factory=time.time)
+    # the ideator's thinking behind the idea: exact for an RL rollout; for an API model the whole ideation
+    # call's thinking (shared by the ideas of that call), about characters / 4; 0 = none recorded
+    thinking_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ import pandas as pd
 
 from toolkit import fsio
 from toolkit.config import load_yaml
-from toolkit.errors import ConfigError
+from toolkit.envs import EnvSpec, load_env
+from toolkit.errors import ConfigError, EnvError
 from toolkit.layout import RunLayout
 from toolkit.llm.base import PROVIDERS, ChatRequest, LLMClient, LLMSettings, make_client
 from toolkit.policy import BASELINE_ID
@@ -40,7 +41,7 @@ CATEGORIES = ("hyper-parameter", "algorithm")
 FUNNEL = ("proposed", "patch_applied", "preflight_passed", "job_ran", "valid_metric", "beat_baseline")
 TOP_IDEAS = 5
 DIFF_LINES_SHOWN = 400
-EXPORT_COLUMNS = ("run", "cid", "epoch", "origin", "idea", "category", "status", "implement_status",
+EXPORT_COLUMNS = ("run", "cid", "epoch", "origin", "idea", "thinking_tokens", "category", "status", "implement_status",
                   "patch_applied", "preflight_passed", "job_ran", "valid", "beat_baseline", "metric", "reward",
                   "metrics", "diff_lines", "llm_cost_usd", "job_id", "node", "gpus", "wall_s", "gpu_hours",
                   "reason", "implement_reason", "ideator_model", "implementer_model")
@@ -73,6 +74,17 @@ class RunData:
     def description(self) -> str:
         env_yaml = self.layout.env_dir / "env.yaml"
         return str(load_yaml(env_yaml).get("description", "")).strip() if env_yaml.exists() else ""
+
+    @property
+    def smoke(self) -> bool:
+        return bool(self.config.get("smoke", False))
+
+    def env_spec(self) -> EnvSpec | None:
+        """The run's snapshot of its environment (None for a run directory without one)."""
+        try:
+            return load_env(str(self.layout.env_dir), smoke=self.smoke)
+        except (EnvError, ConfigError):
+            return None
 
 
 def _model(config: dict[str, Any], role: str) -> str:
@@ -245,6 +257,55 @@ def category_table(frame: pd.DataFrame) -> pd.DataFrame:
                          best_reward=stats["best_reward"], beat_baseline=_count_true(group["beat_baseline"])))
     return pd.DataFrame(rows, columns=["category", "ideas", "share", "valid", "execution_rate", "mean_reward",
                                        "best_reward", "beat_baseline"])
+
+
+# ---- thinking length vs execution rate -------------------------------------------------------------------------
+THINKING_BINS = 4
+
+
+def thinking_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Finished ideas in quartiles of the ideator's thinking length: does thinking longer give ideas that run?"""
+    columns = ["thinking_tokens", "ideas", "valid", "execution_rate", "mean_reward", "best_reward"]
+    ideas = ideas_only(frame)
+    ideas = ideas[_finished(ideas) & (pd.to_numeric(ideas["thinking_tokens"]).fillna(0) > 0)]
+    if ideas.empty:
+        return pd.DataFrame(columns=columns)
+    tokens = pd.to_numeric(ideas["thinking_tokens"])
+    bins = pd.qcut(tokens, q=min(THINKING_BINS, tokens.nunique()), duplicates="drop")
+    rows = []
+    for _, group in ideas.groupby(bins, observed=True):
+        stats, low, high = _rewards(group), int(group["thinking_tokens"].min()), int(group["thinking_tokens"].max())
+        rows.append(dict(thinking_tokens=f"{low}-{high}" if low != high else str(low), ideas=len(group),
+                         valid=stats["valid"], execution_rate=stats["valid"] / len(group),
+                         mean_reward=stats["mean_reward"], best_reward=stats["best_reward"]))
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ---- against published results --------------------------------------------------------------------------------
+def reference_table(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
+    """The run's measured baseline and best found result next to the env's `references` (metric units)."""
+    columns = ["result", "metric", "best_found_vs_this", "best_found_better"]
+    spec = run.env_spec()
+    if spec is None or frame.empty:
+        return pd.DataFrame(columns=columns)
+    valid = frame[frame["valid"]]
+    base = valid[valid["cid"] == BASELINE_ID]
+    found = valid[valid["cid"] != BASELINE_ID]
+    best = found.loc[pd.to_numeric(found["reward"]).idxmax()] if not found.empty else None
+    rows = [("this run: baseline (measured)", float(base["metric"].iloc[0]) if not base.empty else None)]
+    rows.append((f"this run: best found ({best['cid']})" if best is not None else "this run: best found",
+                 float(best["metric"]) if best is not None else None))
+    if not run.smoke:  # a smoke run's metric is not the env's real metric
+        rows += [(f"reference: {name}", float(value)) for name, value in spec.references.items()]
+    best_metric = rows[1][1]
+    return pd.DataFrame([_versus(spec, label, metric, best_metric) for label, metric in rows], columns=columns)
+
+
+def _versus(spec: EnvSpec, label: str, metric: float | None, best: float | None) -> dict[str, Any]:
+    if metric is None or best is None or label.startswith("this run: best"):
+        return dict(result=label, metric=metric, best_found_vs_this=None, best_found_better=None)
+    return dict(result=label, metric=metric, best_found_vs_this=best - metric,
+                best_found_better=spec.better(best, metric))
 
 
 # ---- diversity -----------------------------------------------------------------------------------------------
@@ -501,8 +562,8 @@ def _write(out: Path, runs: list[RunData], frames: list[pd.DataFrame], judge: Ca
 
 def report_tables(runs: list[RunData], frames: list[pd.DataFrame]) -> dict[str, pd.DataFrame]:
     main, frame = runs[0], frames[0]
-    return {"epochs": epoch_table(frame), "funnel": funnel_table(frames),
-            "categories": category_table(frame), "diversity": diversity_table(frame),
+    return {"epochs": epoch_table(frame), "references": reference_table(main, frame), "funnel": funnel_table(frames),
+            "thinking": thinking_table(frame), "categories": category_table(frame), "diversity": diversity_table(frame),
             "spend": spend_table(main, frame), "comparison": comparison_table(runs, frames)}
 
 
@@ -558,6 +619,12 @@ CAPTIONS = {
                  "similarity of word sets (lower = more diverse), share of the most common idea.",
     "spend": "LLM spend (from the LLM ledger) and GPU-hours (GPUs x wall time), per epoch and per useful result.",
     "comparison": "Runs side by side (strategy from each run's search_started event).",
+    "references": "The best found result against the measured baseline and the environment's published results "
+                  "(env.yaml `references`, metric units; not shown for smoke runs). best_found_vs_this = best "
+                  "found minus that result.",
+    "thinking": "Finished ideas in quartiles of the ideator's thinking length (tokens; for API models the whole "
+                "ideation call's thinking, about characters / 4): execution rate and reward per quartile. Empty when "
+                "no thinking was recorded (a model without extended thinking).",
 }
 
 

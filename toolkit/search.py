@@ -183,7 +183,8 @@ class SearchDaemon(Daemon):
     def _ideas(self, batch: Batch) -> list[Idea]:
         start = sum(1 for v in self.epoch_views(batch.epoch) if v.cid != BASELINE_ID)
         return [Idea(idea_id=f"e{batch.epoch:02d}-{start + i:03d}", text=text, epoch=batch.epoch,
-                     origin=batch.call.mode) for i, text in enumerate(batch.proposal.ideas)]
+                     origin=batch.call.mode, thinking_tokens=batch.proposal.thinking_tokens)
+                for i, text in enumerate(batch.proposal.ideas)]
 
     # ---- budgets -----------------------------------------------------------------------------------------
     def gpu_hours_used(self) -> float:

@@ -43,6 +43,7 @@ class CandidateView:
     submitted_at: float = 0.0
     finished_at: float = 0.0
     intent: str = ""                   # job name of a submission that was started (crash-safe re-attach)
+    thinking_tokens: int = 0           # the ideator's thinking behind the idea (records.Idea)
 
     @property
     def stage(self) -> str:
@@ -110,7 +111,8 @@ def _evolve(view: CandidateView, changes: dict[str, Any]) -> CandidateView:
 
 
 def _on_idea(state: RunState, e: dict[str, Any]) -> None:
-    state.update(e["idea_id"], idea=e["text"], epoch=e.get("epoch", 0), origin=e.get("origin", ""))
+    state.update(e["idea_id"], idea=e["text"], epoch=e.get("epoch", 0), origin=e.get("origin", ""),
+                 thinking_tokens=e.get("thinking_tokens", 0))
 
 
 def _on_implement_started(state: RunState, e: dict[str, Any]) -> None:

@@ -116,7 +116,8 @@ class Trainer:
     # ---- execute ---------------------------------------------------------------------------------------
     def execute(self, n: int, paths: StepPaths, rollouts: list[Rollout]) -> dict[str, CandidateView]:
         """Every idea's outcome; an interrupted execution stops the trainer (no update on partial rewards)."""
-        ideas = [Idea(idea_id=r.idea_id, text=r.idea, epoch=n, origin="rl") for r in rollouts if r.idea]
+        ideas = [Idea(idea_id=r.idea_id, text=r.idea, epoch=n, origin="rl", thinking_tokens=r.thinking_tokens)
+                 for r in rollouts if r.idea]
         if not ideas:
             return {}
         views = execute_ideas(paths.exec_dir, self.cfg.run, ideas, console=self.console).candidates
