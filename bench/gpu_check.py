@@ -356,11 +356,14 @@ def summarize_nanogpt(work: Path, stages: dict) -> dict:
                     "upper bound, DDP all-reduce not included",
         }
     res["peak_gpu_mem_used_gib_train"] = peak_mem_gib(work, "nanogpt_train")
-    ev = json_lines(read_log(work, "nanogpt_eval"))
-    res["eval"] = ev[-1] if ev else None
-    res["eval_wall_s"] = stages.get("nanogpt_eval", {}).get("wall_s")
-    res["peak_gpu_mem_used_gib_eval"] = peak_mem_gib(work, "nanogpt_eval")
+    res["eval"], res["eval_wall_s"], res["peak_gpu_mem_used_gib_eval"] = final_line(work, stages, "nanogpt_eval")
     return res
+
+
+def final_line(work: Path, stages: dict, stage: str) -> tuple:
+    """(the stage's last JSON line, its wall seconds, its peak GPU memory): what an eval stage reports."""
+    lines = json_lines(read_log(work, stage))
+    return (lines[-1] if lines else None), stages.get(stage, {}).get("wall_s"), peak_mem_gib(work, stage)
 
 
 def summarize_grpo(work: Path, stages: dict) -> dict:
@@ -392,10 +395,8 @@ def summarize_grpo(work: Path, stages: dict) -> dict:
         real = gen * 64 + upd * 32
         res["crude_real_config_hf_step_s"] = round(real)
         res["crude_real_config_hf_steps_in_3600s"] = round(3600 / real, 1)
-    val = json_lines(read_log(work, "grpo_validate"))
-    res["validate"] = val[-1] if val else None
-    res["validate_wall_s"] = stages.get("grpo_validate", {}).get("wall_s")
-    res["peak_gpu_mem_used_gib_validate"] = peak_mem_gib(work, "grpo_validate")
+    res["validate"], res["validate_wall_s"], res["peak_gpu_mem_used_gib_validate"] = final_line(
+        work, stages, "grpo_validate")
     return res
 
 
