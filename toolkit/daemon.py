@@ -237,7 +237,10 @@ class Daemon:
             return {**result_event({"status": "failed"}, view.cid), "reason": reason}
 
     def _note_duplicates(self, cid: str) -> None:
-        names = os.listdir(os.path.join(self.candidates_dir, cid))
+        try:
+            names = os.listdir(os.path.join(self.candidates_dir, cid))
+        except OSError:  # the directory went away after its result was read: nothing more to note
+            return
         extra = sorted(n for n in names if n.startswith("result.dup-") and n.endswith(".json"))
         if extra:
             self.log.emit("duplicate_result", cid=cid, files=extra)
