@@ -3,7 +3,7 @@ Download the GPT-2-tokenised FineWeb-10B shards into the nanogpt environment's d
 
 Usage (on a machine with internet access and `pip install huggingface_hub`):
     python prepare.py --out ~/.cache/toolkit/data/nanogpt              # val + all 103 train shards (~21 GB)
-    python prepare.py --out /shared/data/nanogpt --train-shards 40      # enough for the 25-minute baseline
+    python prepare.py --out /shared/data/nanogpt --train-shards 50      # enough for the 25-minute baseline
 
 Fetches fineweb_val_000000.bin and fineweb_train_000001.bin ... from the Hugging Face dataset repo
 kjj0/fineweb10B-gpt2 (the shards modded-nanogpt's speedrun uses): llm.c format, a 256 x int32 header
@@ -12,7 +12,7 @@ the first 10,485,760 tokens of the val shard). Shards already present and intact
 hf_hub_download writes each file under a temporary name before moving it into place, and every file is
 checked (header and size) afterwards. Point the toolkit's data_dir (TOOLKIT_DATA_DIR) at --out.
 
-The baseline reads about 14,000 steps x 262,144 tokens = 3.7B tokens (37 shards) in its 25 minutes; a faster
+The baseline reads about 16,000 steps x 262,144 tokens = 4.2B tokens (42 shards) in its 25 minutes; a faster
 recipe reads more, and the training loader wraps around to the first shard when it runs out.
 """
 import argparse
