@@ -75,6 +75,16 @@ def test_openai_usage_cost_and_params(stream: bool) -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True])
+def test_openai_hidden_reasoning_is_counted(stream: bool) -> None:
+    """Reasoning models return no thinking text; their reasoning tokens come from the usage details."""
+    hidden = FakeReply(text="Try label smoothing.", reasoning_tokens=321)
+    with FakeLLMServer([hidden]) as srv:
+        reply = ask(srv, "openai", stream=stream)
+    assert reply.status == "ok" and reply.thinking == "" and reply.thinking_tokens == 321
+    assert reply.output_tokens == expected_tokens(hidden)[1] + 321
+
+
+@pytest.mark.parametrize("stream", [False, True])
 def test_openai_compatible_reasoning_content(stream: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY")
     with FakeLLMServer([FakeReply(text="Answer: 42", thinking="six times seven")]) as srv:

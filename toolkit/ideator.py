@@ -21,7 +21,7 @@ class Proposal:
     reason: str = ""
     prompt: str = ""
     response: str = ""
-    thinking_tokens: int = 0           # of the call's thinking (about characters / 4)
+    thinking_tokens: int = 0           # of the call's thinking: as the provider counted it, else characters / 4
 
 
 def ideate_prompt(spec: EnvSpec, call: Call, exemplars: list[CandidateView], avoid: list[str],
@@ -47,7 +47,7 @@ class Ideator:
         if not ideas:
             return Proposal("error", reason="no ideas found in the reply", prompt=prompt, response=reply.text)
         return Proposal("ok", tuple(ideas), prompt=prompt, response=reply.text,
-                        thinking_tokens=rough_tokens(reply.thinking))
+                        thinking_tokens=reply.thinking_tokens or rough_tokens(reply.thinking))
 
 
 def parse_ideas(text: str) -> list[str]:

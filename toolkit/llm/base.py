@@ -92,6 +92,7 @@ class LLMReply:
     wall_s: float = 0.0
     attempts: int = 0
     finish_reason: str = ""     # a truncated reply ("length"/"max_tokens") is still ok, but marked
+    thinking_tokens: int = 0    # reasoning tokens the provider counted (OpenAI reasoning models return no text)
 
     @property
     def ok(self) -> bool:

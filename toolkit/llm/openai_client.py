@@ -69,8 +69,7 @@ class OpenAIClient(LLMClient):
         choice = completion.choices[0]
         usage = completion.usage
         return _reply(completion.model, choice.message.content or "", reasoning_of(choice.message),
-                      choice.finish_reason or "", usage.prompt_tokens if usage else 0,
-                      usage.completion_tokens if usage else 0)
+                      choice.finish_reason or "", *_token_counts(usage))
 
     def _streamed(self, req: ChatRequest) -> LLMReply:
         acc = _StreamAccumulator()
@@ -98,12 +97,20 @@ class OpenAICompatibleClient(OpenAIClient):
         return "EMPTY"     # never OPENAI_API_KEY: a real key must not travel to a self-hosted server
 
 
+def _token_counts(usage: Any) -> tuple[int, int, int]:
+    """(prompt, completion, reasoning) tokens; reasoning models count their hidden thinking in the details."""
+    if usage is None:
+        return 0, 0, 0
+    details = getattr(usage, "completion_tokens_details", None)
+    return usage.prompt_tokens, usage.completion_tokens, getattr(details, "reasoning_tokens", None) or 0
+
+
 def _reply(model: str, content: str, reasoning: str, finish_reason: str,
-           input_tokens: int, output_tokens: int) -> LLMReply:
+           input_tokens: int, output_tokens: int, reasoning_tokens: int = 0) -> LLMReply:
     tagged, text = split_think_tags(content)
     thinking = "\n".join(part for part in (reasoning, tagged) if part)
     return LLMReply("ok", text=text, thinking=thinking, model=model, input_tokens=input_tokens,
-                    output_tokens=output_tokens, finish_reason=finish_reason)
+                    output_tokens=output_tokens, finish_reason=finish_reason, thinking_tokens=reasoning_tokens)
 
 
 class _StreamAccumulator:
@@ -113,12 +120,12 @@ class _StreamAccumulator:
         self.content: list[str] = []
         self.reasoning: list[str] = []
         self.model, self.finish_reason = "", ""
-        self.input_tokens = self.output_tokens = 0
+        self.input_tokens = self.output_tokens = self.reasoning_tokens = 0
 
     def add(self, chunk: Any) -> None:
         self.model = chunk.model or self.model
         if chunk.usage is not None:
-            self.input_tokens, self.output_tokens = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
+            self.input_tokens, self.output_tokens, self.reasoning_tokens = _token_counts(chunk.usage)
         for choice in (chunk.choices or [])[:1]:
             self.content.append(choice.delta.content or "")
             self.reasoning.append(reasoning_of(choice.delta))
@@ -128,4 +135,4 @@ class _StreamAccumulator:
         if not self.finish_reason:
             raise CallError("connection", "stream ended before a finish_reason", retryable=True)
         return _reply(self.model, "".join(self.content), "".join(self.reasoning), self.finish_reason,
-                      self.input_tokens, self.output_tokens)
+                      self.input_tokens, self.output_tokens, self.reasoning_tokens)

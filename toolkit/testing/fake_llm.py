@@ -32,6 +32,7 @@ class FakeReply:
     delay_s: float = 0.0                 # sleep before answering (timeouts, concurrency)
     retry_after_s: float | None = None   # sent as a Retry-After header
     truncate: bool = False               # half the text, finish_reason "length" / stop_reason "max_tokens"
+    reasoning_tokens: int = 0            # hidden reasoning (OpenAI reasoning models): counted in usage, no text
 
 
 Responder = Callable[[dict], FakeReply]
@@ -144,7 +145,11 @@ def _openai_finish(reply: FakeReply) -> str:
 
 def _openai_usage(body: dict, reply: FakeReply) -> dict:
     prompt, completion = _usage(body, reply)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    completion += reply.reasoning_tokens
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if reply.reasoning_tokens:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reply.reasoning_tokens}
+    return usage
 
 
 def _openai_whole(body: dict, reply: FakeReply) -> dict:
