@@ -7,7 +7,6 @@ target, and writes the same as JSON with `--json PATH` (bench/report.py turns th
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import secrets
@@ -33,6 +32,7 @@ from toolkit.llm.base import LLMSettings  # noqa: E402
 from toolkit.records import Idea, ImplementOutcome, Result, to_json  # noqa: E402
 from toolkit.runs import open_run  # noqa: E402
 from toolkit.scheduler import SlurmCluster  # noqa: E402
+from toolkit.testing.diffs import make_diff  # noqa: E402,F401 (the benchmarks import it from here)
 
 SLURM_COMMANDS = ("sbatch", "sacct", "squeue", "scancel", "scontrol", "sinfo")
 UNREACHABLE_LLM = "http://127.0.0.1:9/v1"      # benchmarks that never call the LLM still build a client
@@ -305,14 +305,6 @@ def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)
-
-
-def make_diff(code_dir: Path, rel: str, old: str, new: str) -> str:
-    """A unified diff that replaces `old` (occurring once) by `new` in code_dir/rel."""
-    before = (code_dir / rel).read_text()
-    assert before.count(old) == 1, f"{old!r} must occur once in {rel}"
-    after = before.replace(old, new)
-    return "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{rel}", f"b/{rel}"))
 
 
 def fsync_ms(folder: Path, count: int = 20) -> float:

@@ -1,27 +1,16 @@
 """Shared test helpers: real unified diffs against a codebase, and a scripted fake-LLM responder."""
 from __future__ import annotations
 
-import difflib
 import shutil
 from pathlib import Path
 from typing import Callable
 
+from toolkit.testing.diffs import make_diff  # noqa: F401 (tests import it from here)
 from toolkit.testing.fake_llm import FakeReply
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TOY_ENV = FIXTURES / "toy_env"
 REVISION_MARK = "Your previous attempt did not work"
-
-
-def make_diff(code_dir: Path, rel: str, *pairs: str) -> str:
-    """A real unified diff replacing each (old, new) pair in code_dir/rel (each `old` occurs once)."""
-    before = after = (code_dir / rel).read_text()
-    for old, new in zip(pairs[::2], pairs[1::2]):
-        assert after.count(old) == 1, f"{old!r} must occur once in {rel}"
-        after = after.replace(old, new)
-    lines = difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
-                                 fromfile=f"a/{rel}", tofile=f"b/{rel}")
-    return "".join(lines)
 
 
 def scripted(rules: dict[str, Callable[[bool], str]], default: str = "no diff here") -> Callable[[dict], FakeReply]:

@@ -7,9 +7,10 @@ and each diff is computed here against the current file, so the recording never 
 """
 from __future__ import annotations
 
-import difflib
 import json
 from pathlib import Path
+
+from toolkit.testing.diffs import make_diff
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = ROOT / "envs" / "tiny_lm" / "code" / "train.py"
@@ -42,13 +43,7 @@ IDEAS = [
 
 
 def diff_for(changes: list[tuple[str, str]]) -> str:
-    before = after = TRAIN.read_text()
-    for old, new in changes:
-        assert after.count(old) == 1, f"{old!r} must occur once in train.py"
-        after = after.replace(old, new)
-    lines = difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
-                                 fromfile="a/train.py", tofile="b/train.py")
-    return "".join(lines)
+    return make_diff(TRAIN.parent, TRAIN.name, *(s for pair in changes for s in pair))
 
 
 def ideation_entries() -> list[dict]:
