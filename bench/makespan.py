@@ -117,12 +117,7 @@ def plain_array(work: Path) -> dict:
     start = time.time()
     job = real_slurm(["sbatch", "--parsable", f"--array=0-{TASKS - 1}%{SLOTS}", "-p", "debug", "-c", "1",
                       "--mem=1G", "-J", PLAIN_NAME, "-o", f"{out}/%A_%a.out", "--wrap", f"sleep {SLEEP_S}"])
-    master = job.strip().split(";")[0]
-    with Neighbours() as neighbours:
-        rows = wait_done([master])
-    return {"makespan_s": max(epoch_s(r["end"]) for r in rows) - start, "observed_s": time.time() - start,
-            "states": sorted({r["state"] for r in rows}), "neighbour_jobs": neighbours.summary(),
-            **task_figures([master])}
+    return watched_array(job.strip().split(";")[0], start)
 
 
 def submitit_array(work: Path) -> dict:
@@ -131,8 +126,12 @@ def submitit_array(work: Path) -> dict:
     executor.update_parameters(name=SUBMITIT_NAME, timeout_min=5, cpus_per_task=1, mem_gb=1,
                                slurm_partition="debug", slurm_array_parallelism=SLOTS)
     start = time.time()
+    return watched_array(executor.map_array(time.sleep, [SLEEP_S] * TASKS)[0].job_id.split("_")[0], start)
+
+
+def watched_array(master: str, start: float) -> dict:
+    """Wait for a submitted array's tasks (sampling other users' jobs meanwhile); its makespan and figures."""
     with Neighbours() as neighbours:
-        master = executor.map_array(time.sleep, [SLEEP_S] * TASKS)[0].job_id.split("_")[0]
         rows = wait_done([master])
     return {"makespan_s": max(epoch_s(r["end"]) for r in rows) - start, "observed_s": time.time() - start,
             "states": sorted({r["state"] for r in rows}), "neighbour_jobs": neighbours.summary(),

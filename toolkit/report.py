@@ -292,17 +292,18 @@ def reference_table(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
     base = valid[valid["cid"] == BASELINE_ID]
     found = valid[valid["cid"] != BASELINE_ID]
     best = found.loc[pd.to_numeric(found["reward"]).idxmax()] if not found.empty else None
-    rows = [("this run: baseline (measured)", float(base["metric"].iloc[0]) if not base.empty else None)]
-    rows.append((f"this run: best found ({best['cid']})" if best is not None else "this run: best found",
-                 float(best["metric"]) if best is not None else None))
+    best_metric = float(best["metric"]) if best is not None else None
+    others = [("this run: baseline (measured)", float(base["metric"].iloc[0]) if not base.empty else None)]
     if not run.smoke:  # a smoke run's metric is not the env's real metric
-        rows += [(f"reference: {name}", float(value)) for name, value in spec.references.items()]
-    best_metric = rows[1][1]
-    return pd.DataFrame([_versus(spec, label, metric, best_metric) for label, metric in rows], columns=columns)
+        others += [(f"reference: {name}", float(value)) for name, value in spec.references.items()]
+    compared = [_versus(spec, label, metric, best_metric) for label, metric in others]
+    best_row = _versus(spec, f"this run: best found ({best['cid']})" if best is not None else "this run: best found",
+                       best_metric, None)
+    return pd.DataFrame([compared[0], best_row, *compared[1:]], columns=columns)
 
 
 def _versus(spec: EnvSpec, label: str, metric: float | None, best: float | None) -> dict[str, Any]:
-    if metric is None or best is None or label.startswith("this run: best"):
+    if metric is None or best is None:
         return dict(result=label, metric=metric, best_found_vs_this=None, best_found_better=None)
     return dict(result=label, metric=metric, best_found_vs_this=best - metric,
                 best_found_better=spec.better(best, metric))
