@@ -25,8 +25,10 @@ from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 
 
 def run_cfg(env: Path, base_url: str, **llm) -> RunConfig:
+    # timeout_s leaves room for a loaded CI box (training jobs of the SLURM tests share its 2 cores): at 1 s, a
+    # 429 answered late once became a timeout. SLOWPOKE's delay stays well above it.
     settings = LLMSettings(provider="openai-compatible", model="fake", base_url=base_url + "/v1", backoff_s=0.01,
-                           max_retries=2, timeout_s=1.0, **llm)
+                           max_retries=2, timeout_s=4.0, **llm)
     return RunConfig(env=str(env), llm=LLMConfig(ideator=settings, implementer=settings),
                      implement=ImplementConfig(samples=2, revisions=1, workers=6),
                      cluster=ClusterConfig(cluster="debug", poll_s=0.2))
@@ -44,7 +46,7 @@ def test_llm_faults_become_recorded_reasons(tmp_path: Path) -> None:
         if "ERR500" in text:
             return FakeReply(status=500)
         if "SLOWPOKE" in text:
-            return FakeReply(text=good, delay_s=3.0)
+            return FakeReply(text=good, delay_s=10.0)
         if "EMPTY" in text:
             return FakeReply(text="")
         if "PROSE" in text:
