@@ -100,9 +100,9 @@ def test_wait_exit_blocks_until_exit_or_timeout() -> None:
 
     from toolkit.worker import wait_exit
     proc = subprocess.Popen(["sleep", "0.5"])
-    cpu0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    cpu0, t0 = resource.getrusage(resource.RUSAGE_THREAD), time.monotonic()   # this thread: others may run
     wait_exit(proc, 10.0)
-    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu1 = resource.getrusage(resource.RUSAGE_THREAD)
     assert proc.returncode == 0 and time.monotonic() - t0 >= 0.45
     assert (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime) < 0.05   # slept, did not spin
     slow = subprocess.Popen(["sleep", "5"])
