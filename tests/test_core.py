@@ -76,5 +76,22 @@ def test_job_environment_drops_secrets() -> None:
               "AWS_SECRET_ACCESS_KEY": "a", "RANDOM_VAR": "r"}
     env = jobenv.job_environ(source)
     assert set(env) == {"PATH", "HOME", "SLURM_JOB_ID", "CUDA_VISIBLE_DEVICES"}
-    names = jobenv.export_names(source).split(",")
-    assert "ANTHROPIC_API_KEY" not in names and "SUBMITIT_EXECUTOR" in names
+
+
+def test_sbatch_runs_in_the_allow_listed_environment(tmp_path: Path) -> None:
+    """sbatch gets no key and none of a parent job's SLURM_* (the daemon may itself run in a job); its own
+    settings pass, except those that would make SLURM load the login environment on the node."""
+    import submitit
+
+    from toolkit.scheduler import sbatch_environment
+    source = {"PATH": "/usr/bin", "HOME": "/root", "OPENAI_API_KEY": "sk", "SBATCH_ACCOUNT": "lab",
+              "SBATCH_EXPORT": "NONE", "SBATCH_GET_USER_ENV": "1", "SLURM_CONF": "/etc/slurm/slurm.conf",
+              "SLURM_JOB_ID": "7", "SLURM_MEM_PER_CPU": "4000", "SBATCH_AUTH_TOKEN": "t", "RANDOM_VAR": "r"}
+    env = jobenv.sbatch_environ(source)
+    assert set(env) == {"PATH", "HOME", "SBATCH_ACCOUNT", "SLURM_CONF"}
+    plain = submitit.SlurmExecutor(folder=tmp_path)
+    with sbatch_environment(env):
+        command = plain._make_submission_command(tmp_path / "job.sh")
+    assert command[:2] == ["env", "-i"] and command[-2:] == ["sbatch", str(tmp_path / "job.sh")]
+    assert "SBATCH_ACCOUNT=lab" in command and not any("sk" == c.split("=")[-1] for c in command)
+    assert plain._make_submission_command(tmp_path / "job.sh") == ["sbatch", str(tmp_path / "job.sh")]

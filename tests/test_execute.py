@@ -25,9 +25,22 @@ IDEAS = {
 
 
 def _dump_env_diff() -> str:
-    """A new file that records the job's environment, so tests can prove no API key reached the job."""
-    body = ["import json, os", "json.dump(dict(os.environ), open('env_dump.json', 'w'))"]
-    return "--- /dev/null\n+++ b/dump_env.py\n@@ -0,0 +1,2 @@\n" + "".join(f"+{line}\n" for line in body)
+    """A new file that records the environment of the candidate and of every process of its SLURM job on the
+    node (the batch shell, the worker: LLM code could read their /proc/<pid>/environ), so tests can prove no
+    API key reached the job."""
+    body = ["import glob, json, os",
+            "def environ(path):",
+            "    try:",
+            "        raw = open(path, 'rb').read().split(b'\\0')",
+            "    except OSError:",
+            "        return {}",
+            "    return dict(e.decode(errors='replace').partition('=')[::2] for e in raw if e)",
+            "job = os.environ.get('SLURM_JOB_ID')",
+            "procs = [environ(p) for p in glob.glob('/proc/[0-9]*/environ')]",
+            "mine = [env for env in procs if job and env.get('SLURM_JOB_ID') == job]",
+            "json.dump({'self': dict(os.environ), 'job_processes': mine}, open('env_dump.json', 'w'))"]
+    return (f"--- /dev/null\n+++ b/dump_env.py\n@@ -0,0 +1,{len(body)} @@\n"
+            + "".join(f"+{line}\n" for line in body))
 
 
 def batch_rules(code: Path) -> dict:
@@ -87,8 +100,8 @@ def check_batch(layout: RunLayout) -> None:
     slow = by_marker["IDEA-SLOW"]
     assert slow.status == "timeout", slow
     dumped = (layout.candidate(good.cid).code / "env_dump.json")
-    assert dumped.exists()
-    assert "planted-secret" not in dumped.read_text() and "API_KEY" not in dumped.read_text()
+    assert "planted-secret" not in json.dumps(json.loads(dumped.read_text())["self"])
+    assert "API_KEY" not in json.dumps(json.loads(dumped.read_text())["self"])
     for view in (good, revise):
         result = json.loads(layout.candidate(view.cid).result.read_text())
         assert result["code_sha256"] and set(result["locked_sha256"]) == {"eval.py", "data.py"}

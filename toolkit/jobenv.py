@@ -17,9 +17,13 @@ ALLOW = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_*", "TZ", "T
 DENY = ("*KEY*", "*TOKEN*", "*SECRET*", "*PASSWORD*", "*PASSWD*", "*CREDENTIAL*", "*_AUTH*")
 
 
-# Set inside the batch script (by submitit) before `srun`: srun re-applies the --export list, so these
-# names must be on it too, or the task cannot tell it runs under submitit.
-BATCH_SET = ("SUBMITIT_EXECUTOR",)
+# sbatch's own settings from the environment (account, QoS, ...) still reach sbatch, except the two that would
+# make SLURM load the user's login environment on the node (see `sbatch_environ`).
+SBATCH_DROP = ("SBATCH_EXPORT", "SBATCH_GET_USER_ENV")
+# When the daemon itself runs in a job (slurm/launch_search.sh), that job's SLURM_* variables must not become
+# the candidates' (srun refuses a task with both SLURM_MEM_PER_CPU and SLURM_MEM_PER_NODE); these two say
+# which cluster to talk to and are kept.
+SLURM_KEEP = ("SLURM_CONF", "SLURM_CLUSTERS")
 
 
 def _one_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
@@ -45,7 +49,15 @@ def job_environ(source: Mapping[str, str] | None = None, extra_allow: tuple[str,
     return env
 
 
-def export_names(source: Mapping[str, str] | None = None, extra_allow: tuple[str, ...] = ()) -> str:
-    """The value for `sbatch --export=`: only allow-listed names (SLURM adds its own SLURM_* variables)."""
-    names = sorted(set(job_environ(source, extra_allow)) | set(BATCH_SET))
-    return ",".join(names)
+def sbatch_environ(source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole environment `sbatch` runs with; `--export=ALL` hands it to the job.
+
+    Not `--export=<allowed names>`: with a list (or NONE) SLURM runs the user's login shell on the node to
+    load their environment (`--get-user-env`), which costs about a second per task and brings back whatever
+    the login scripts export, API keys included.
+    """
+    source = os.environ if source is None else source
+    env = {k: v for k, v in job_environ(source).items() if not k.startswith("SLURM_") or k in SLURM_KEEP}
+    env.update({k: v for k, v in source.items()
+                if k.startswith("SBATCH_") and k not in SBATCH_DROP and not _DENY_RE.match(k.upper())})
+    return env

@@ -5,13 +5,16 @@ from ONE sacct call per tick; the result file stays the truth, states only revea
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import subprocess
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Mapping
 
 import submitit
 
@@ -76,11 +79,12 @@ class SlurmCluster(Cluster):
     def submit(self, tasks: list[WorkerTask], resources: Resources, job_name: str) -> list[str]:
         executor = submitit.AutoExecutor(folder=self.jobs_dir, cluster="slurm")
         executor.update_parameters(**self.parameters(resources, len(tasks), job_name))
-        jobs = executor.map_array(run_task, tasks)
+        with sbatch_environment(jobenv.sbatch_environ()):
+            jobs = executor.map_array(run_task, tasks)
         return [job.job_id for job in jobs]
 
     def parameters(self, resources: Resources, count: int, job_name: str) -> dict[str, object]:
-        extra: dict[str, object] = {"export": jobenv.export_names(), **self.cfg.sbatch_extra}
+        extra: dict[str, object] = {"export": "ALL", **self.cfg.sbatch_extra}
         params: dict[str, object] = dict(
             name=job_name, timeout_min=time_limit_min(resources, self.cfg.time_margin_min),
             cpus_per_task=resources.cpus, mem_gb=resources.mem_gb, nodes=resources.nodes,
@@ -108,6 +112,29 @@ class SlurmCluster(Cluster):
         masters = sorted({j.split("_")[0] for j in job_ids})
         rows = _sacct(masters) or _squeue(masters)
         return {j: rows.get(j, JobState("", "unknown")) for j in job_ids}
+
+
+_SBATCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def sbatch_environment(env: Mapping[str, str]) -> Iterator[None]:
+    """Inside this block, submitit runs `sbatch` with `env` only (`env -i NAME=VALUE ... sbatch FILE`).
+
+    submitit starts sbatch with this process's whole environment, API keys included, and has no option for
+    another one; its array submission builds a fresh `SlurmExecutor`, so the one place to change is that
+    class's submission command, swapped for the duration of the block (under a lock; os.environ itself is
+    never touched: other threads of the daemon read it). `env` holds only allow-listed, non-secret values.
+    """
+    cls = submitit.SlurmExecutor
+    original = cls._make_submission_command
+    prefix = ["env", "-i", *(f"{name}={value}" for name, value in sorted(env.items()))]
+    with _SBATCH_LOCK:
+        cls._make_submission_command = lambda self, path: prefix + original(self, path)  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            cls._make_submission_command = original  # type: ignore[method-assign]
 
 
 def _sacct(masters: list[str]) -> dict[str, JobState]:

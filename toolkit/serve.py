@@ -23,7 +23,7 @@ from rich.progress import Progress
 from toolkit import fsio, jobenv
 from toolkit.config import ClusterConfig, ServeConfig
 from toolkit.errors import ToolkitError
-from toolkit.scheduler import make_cluster
+from toolkit.scheduler import make_cluster, sbatch_environment
 
 @dataclass(frozen=True)
 class ServerJob:
@@ -73,9 +73,10 @@ def _submit(cfg: ServeConfig, cluster: ClusterConfig, run_dir: Path) -> str:
                                   cpus_per_task=cfg.cpus, mem_gb=cfg.mem_gb)
     if cluster.cluster == "slurm":
         params.update(slurm_partition=cfg.partition or cluster.partition or None, gpus_per_node=cfg.gpus or None,
-                      slurm_additional_parameters={"export": jobenv.export_names()})
+                      slurm_additional_parameters={"export": "ALL"})
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    return executor.submit(ServerJob(cfg, str(run_dir / "llm_endpoint.json"))).job_id
+    with sbatch_environment(jobenv.sbatch_environ()):
+        return executor.submit(ServerJob(cfg, str(run_dir / "llm_endpoint.json"))).job_id
 
 
 def wait_for_endpoint(cfg: ServeConfig, cluster: ClusterConfig, run_dir: Path, job_id: str,
