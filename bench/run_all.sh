@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the six benchmarks on the dev SLURM cluster and rewrite bench/RESULTS.md (about 8 minutes here).
+# Run the six benchmarks on the dev SLURM cluster and rewrite bench/RESULTS.md (about 9 minutes here).
 #
 #   bash bench/run_all.sh                  # all six
 #   BENCH_OUT=DIR bash bench/run_all.sh polling   # rerun some into DIR; RESULTS.md gets every report in DIR
