@@ -20,6 +20,8 @@ DENY = ("*KEY*", "*TOKEN*", "*SECRET*", "*PASSWORD*", "*PASSWD*", "*CREDENTIAL*"
 # sbatch's own settings from the environment (account, QoS, ...) still reach sbatch, except the two that would
 # make SLURM load the user's login environment on the node (see `sbatch_environ`).
 SBATCH_DROP = ("SBATCH_EXPORT", "SBATCH_GET_USER_ENV")
+# Where a site's sbatch forwards Kerberos credentials (auks), it needs the ticket cache's path (not a secret).
+SBATCH_PASS = ("KRB5CCNAME",)
 # When the daemon itself runs in a job (slurm/launch_search.sh), that job's SLURM_* variables must not become
 # the candidates' (srun refuses a task with both SLURM_MEM_PER_CPU and SLURM_MEM_PER_NODE); these two say
 # which cluster to talk to and are kept.
@@ -58,6 +60,6 @@ def sbatch_environ(source: Mapping[str, str] | None = None) -> dict[str, str]:
     """
     source = os.environ if source is None else source
     env = {k: v for k, v in job_environ(source).items() if not k.startswith("SLURM_") or k in SLURM_KEEP}
-    env.update({k: v for k, v in source.items()
-                if k.startswith("SBATCH_") and k not in SBATCH_DROP and not _DENY_RE.match(k.upper())})
+    env.update({k: v for k, v in source.items() if k in SBATCH_PASS or (
+        k.startswith("SBATCH_") and k not in SBATCH_DROP and not _DENY_RE.match(k.upper()))})
     return env
