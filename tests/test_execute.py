@@ -99,9 +99,8 @@ def check_batch(layout: RunLayout) -> None:
     assert by_marker["IDEA-CRASH"].status == "failed" and "exited with code" in by_marker["IDEA-CRASH"].reason
     slow = by_marker["IDEA-SLOW"]
     assert slow.status == "timeout", slow
-    dumped = (layout.candidate(good.cid).code / "env_dump.json")
-    assert "planted-secret" not in json.dumps(json.loads(dumped.read_text())["self"])
-    assert "API_KEY" not in json.dumps(json.loads(dumped.read_text())["self"])
+    own_env = json.dumps(json.loads((layout.candidate(good.cid).code / "env_dump.json").read_text())["self"])
+    assert "planted-secret" not in own_env and "API_KEY" not in own_env
     for view in (good, revise):
         result = json.loads(layout.candidate(view.cid).result.read_text())
         assert result["code_sha256"] and set(result["locked_sha256"]) == {"eval.py", "data.py"}

@@ -266,9 +266,8 @@ def test_reward_per_epoch_and_comparison_match_disk(runs, report) -> None:
 @pytest.mark.slow
 def test_thinking_length_and_references_match_disk(runs, report) -> None:
     rows = [r for r in disk_rows(runs["evolve"]) if r["cid"] != "baseline"]
-    ideas = {json.loads((runs["evolve"] / "candidates" / r["cid"] / "idea.json").read_text())["idea_id"]:
-             json.loads((runs["evolve"] / "candidates" / r["cid"] / "idea.json").read_text()) for r in rows}
-    assert {i["epoch"]: i["thinking_tokens"] for i in ideas.values()} == {0: 100, 1: 200}
+    ideas = [json.loads((runs["evolve"] / "candidates" / r["cid"] / "idea.json").read_text()) for r in rows]
+    assert {i["epoch"]: i["thinking_tokens"] for i in ideas} == {0: 100, 1: 200}
     thinking = pd.read_csv(report / "thinking.csv", dtype={"thinking_tokens": str}).set_index("thinking_tokens")
     assert list(thinking.index) == ["100", "200"]
     for tokens, epoch in (("100", 0), ("200", 1)):

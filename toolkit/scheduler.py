@@ -79,7 +79,7 @@ class SlurmCluster(Cluster):
     def submit(self, tasks: list[WorkerTask], resources: Resources, job_name: str) -> list[str]:
         executor = submitit.AutoExecutor(folder=self.jobs_dir, cluster="slurm")
         executor.update_parameters(**self.parameters(resources, len(tasks), job_name))
-        with sbatch_environment(jobenv.sbatch_environ()):
+        with sbatch_environment():
             jobs = executor.map_array(run_task, tasks)
         return [job.job_id for job in jobs]
 
@@ -118,14 +118,16 @@ _SBATCH_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def sbatch_environment(env: Mapping[str, str]) -> Iterator[None]:
-    """Inside this block, submitit runs `sbatch` with `env` only (`env -i NAME=VALUE ... sbatch FILE`).
+def sbatch_environment(env: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Inside this block, submitit runs `sbatch` with `env` only (`env -i NAME=VALUE ... sbatch FILE`);
+    by default the allow-listed environment of `jobenv.sbatch_environ`.
 
     submitit starts sbatch with this process's whole environment, API keys included, and has no option for
     another one; its array submission builds a fresh `SlurmExecutor`, so the one place to change is that
     class's submission command, swapped for the duration of the block (under a lock; os.environ itself is
     never touched: other threads of the daemon read it). `env` holds only allow-listed, non-secret values.
     """
+    env = jobenv.sbatch_environ() if env is None else env
     cls = submitit.SlurmExecutor
     original = cls._make_submission_command
     prefix = ["env", "-i", *(f"{name}={value}" for name, value in sorted(env.items()))]

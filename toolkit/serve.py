@@ -75,7 +75,7 @@ def _submit(cfg: ServeConfig, cluster: ClusterConfig, run_dir: Path) -> str:
         params.update(slurm_partition=cfg.partition or cluster.partition or None, gpus_per_node=cfg.gpus or None,
                       slurm_additional_parameters={"export": "ALL"})
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    with sbatch_environment(jobenv.sbatch_environ()):
+    with sbatch_environment():
         return executor.submit(ServerJob(cfg, str(run_dir / "llm_endpoint.json"))).job_id
 
 
