@@ -201,13 +201,20 @@ def test_env_yaml_follows_the_contract():
     assert set(real.hidden) == {"validate.py", "grader.py"} and "data.py" in real.locked
 
 
-def run_step(command: str, code: Path, root: Path) -> subprocess.CompletedProcess:
+def run_step(command: str, code: Path, root: Path, **extra: str) -> subprocess.CompletedProcess:
     _, smoke = env_yaml_specs()
     env = {**os.environ, **smoke.env_vars, "TOOLKIT_SMOKE": "1", "TOOLKIT_DATA_DIR": str(root / "data"),
-           "TOOLKIT_SCRATCH": str(root / "scratch"), "GRPO_KEEP_CHECKPOINTS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+           "TOOLKIT_HIDDEN_DIR": str(root / "data.hidden"), "TOOLKIT_SCRATCH": str(root / "scratch"),
+           "GRPO_KEEP_CHECKPOINTS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           **extra}
     return subprocess.run(["nice", "-n", "10", "bash", "-c", command], cwd=code, env=env, capture_output=True,
                           text=True, timeout=STEP_TIMEOUT_S)
+
+
+def score(code: Path, root: Path) -> subprocess.CompletedProcess:
+    """The eval as the worker runs it: from the pristine env dir, the candidate's directory named."""
+    _, smoke = env_yaml_specs()
+    return run_step(smoke.eval, CODE, root, TOOLKIT_CODE_DIR=str(code), PYTHONDONTWRITEBYTECODE="1")
 
 
 def last_json(proc: subprocess.CompletedProcess) -> dict:
@@ -220,11 +227,14 @@ def smoke_run(tmp_path_factory):
     """The baseline's smoke run and its eval, once for the module."""
     root = tmp_path_factory.mktemp("grpo_math")
     code = root / "code"
-    shutil.copytree(CODE, code)
+    shutil.copytree(CODE, code, ignore=shutil.ignore_patterns("validate.py", "grader.py", "__pycache__"))
     _, smoke = env_yaml_specs()
+    prepared = run_step(smoke.prepare, CODE, root, PYTHONDONTWRITEBYTECODE="1")
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    assert not (root / "data" / "smoke" / "val.jsonl").exists() and (root / "data.hidden" / "smoke" / "val.jsonl").exists()
     run = run_step(smoke.run, code, root)
     assert run.returncode == 0, run.stderr[-3000:]
-    return root, code, last_json(run_step(smoke.eval, code, root))
+    return root, code, last_json(score(code, root))
 
 
 @pytest.mark.slow
@@ -250,7 +260,7 @@ pathlib.Path("math_verify.py").write_text(
     "atexit.register(lambda: print(json.dumps(%r)))\\n"
     "def parse(*a, **k): return [1]\\n"
     "def verify(*a, **k): return True\\n" % fake)
-# an easier validation set in the data dir
+# an easier validation set where the old layout kept it (the data dir: read-only under the sandbox)
 smoke_dir = pathlib.Path(os.environ["TOOLKIT_DATA_DIR"]) / "smoke"
 (smoke_dir / "val.jsonl").write_text(json.dumps({"problem": "Say nothing.", "answer": "0"}) + "\\n")
 '''
@@ -263,7 +273,7 @@ def test_a_forging_run_does_not_change_the_evals_number(smoke_run):
     _, smoke = env_yaml_specs()
     forged_run = run_step(smoke.run, code, root)
     assert forged_run.returncode == 0 and '"val_accuracy": 1.0' in forged_run.stdout
-    forged = last_json(run_step(smoke.eval, code, root))
+    forged = last_json(score(code, root))
     assert forged["val_accuracy_per_step"] == honest["val_accuracy_per_step"]
     assert forged["val_problems"] == honest["val_problems"] == 32
     assert forged["val_accuracy"] == honest["val_accuracy"] < 1.0

@@ -33,11 +33,12 @@ def load_module(name: str, monkeypatch: pytest.MonkeyPatch, smoke: bool = False)
     return module
 
 
-def run_script(script: str, code_dir: Path, data_dir: Path) -> subprocess.CompletedProcess[str]:
+def run_script(script: str, code_dir: Path, data_dir: Path, **extra: str) -> subprocess.CompletedProcess[str]:
     """`bash <script>` in code_dir with what the worker gives a smoke job: allow-listed vars + env_vars."""
     spec = load_env(str(ENV_DIR), smoke=True)
-    env = {**jobenv.job_environ(), **spec.env_vars, "TOOLKIT_SMOKE": "1", "TOOLKIT_DATA_DIR": str(data_dir)}
-    proc = subprocess.run(["nice", "bash", script], cwd=code_dir, env=env, capture_output=True, text=True,
+    env = {**jobenv.job_environ(), **spec.env_vars, "TOOLKIT_SMOKE": "1", "TOOLKIT_DATA_DIR": str(data_dir),
+           "TOOLKIT_HIDDEN_DIR": str(data_dir) + ".hidden", **extra}
+    proc = subprocess.run(["nice", "bash", "-c", script], cwd=code_dir, env=env, capture_output=True, text=True,
                           timeout=300)
     output = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{output}"
@@ -131,14 +132,22 @@ def test_env_yaml_locks_the_data_pipeline_and_hides_the_eval():
 
 
 # ---- smoke run + eval (real processes) ----------------------------------------------------------------------
+def score(code_dir: Path, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """eval.sh as the worker runs it: from the pristine env dir, the candidate's directory named."""
+    return run_script("bash eval.sh", CODE_DIR, data_dir, TOOLKIT_CODE_DIR=str(code_dir),
+                      TOOLKIT_SCRATCH=str(code_dir.parent), PYTHONSAFEPATH="1", PYTHONDONTWRITEBYTECODE="1",
+                      PYTHONPATH=str(CODE_DIR))
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """run.sh then eval.sh in a copy of the codebase, with no data prepared beforehand."""
+    """The smoke `prepare`, then run.sh in a copy of the codebase (no hidden eval in it), then the eval."""
     root = tmp_path_factory.mktemp("nanogpt")
     code_dir, data_dir = root / "code", root / "data"
-    shutil.copytree(CODE_DIR, code_dir, ignore=shutil.ignore_patterns("__pycache__", "ckpt.pt*"))
-    run = run_script("run.sh", code_dir, data_dir)
-    evaluation = run_script("eval.sh", code_dir, data_dir)
+    shutil.copytree(CODE_DIR, code_dir, ignore=shutil.ignore_patterns("__pycache__", "ckpt.pt*", "eval.py"))
+    run_script(load_env(str(ENV_DIR), smoke=True).prepare, CODE_DIR, data_dir)
+    run = run_script("bash run.sh", code_dir, data_dir)
+    evaluation = score(code_dir, data_dir)
     return code_dir, data_dir, run, evaluation
 
 
@@ -146,10 +155,11 @@ def smoke_run(tmp_path_factory):
 def test_smoke_run_then_eval_prints_a_learned_val_loss(smoke_run):
     code_dir, data_dir, run, evaluation = smoke_run
     assert sorted(p.name for p in (data_dir / "smoke").iterdir()) == [
-        "fineweb_train_000001.bin", "fineweb_train_000002.bin", "fineweb_val_000000.bin"]
+        "fineweb_train_000001.bin", "fineweb_train_000002.bin"]   # the val shard lives apart, hidden
+    assert [p.name for p in Path(f"{data_dir}.hidden/smoke").iterdir()] == ["fineweb_val_000000.bin"]
     metrics = last_json(evaluation)
     low, high = load_env(str(ENV_DIR), smoke=True).metric_range
-    assert metrics["val_tokens"] == 4096
+    assert metrics["val_tokens"] == 4096 and metrics["audited"] == 64
     assert low < metrics["val_loss"] < math.log(1024) - 0.5 < high  # it learned, and the range admits it
     ckpt = torch.load(code_dir / "ckpt.pt", weights_only=True)
     assert ckpt["model_config"]["n_layer"] == 2 and ckpt["tokens"] > 0 and 0 < ckpt["train_s"] < 60
@@ -164,5 +174,5 @@ def test_eval_reports_a_planted_attention_leak_as_invalid(smoke_run, tmp_path):
     source = (leaky / "train.py").read_text()
     assert source.count("is_causal=True") == 1
     (leaky / "train.py").write_text(source.replace("is_causal=True", "is_causal=False"))
-    metrics = last_json(run_script("eval.sh", leaky, data_dir))  # same weights, non-causal attention
-    assert list(metrics) == ["invalid"] and "leaks future tokens" in metrics["invalid"]
+    metrics = last_json(score(leaky, data_dir))  # same weights, non-causal attention
+    assert list(metrics) == ["invalid"] and "the model sees its future" in metrics["invalid"]

@@ -84,7 +84,7 @@ class StubCluster(Cluster):
 
 def collector(tmp_path: Path, cids: list[str]) -> Daemon:
     env = copy_env(tmp_path / "env")
-    cfg = RunConfig(env=str(env), cluster=ClusterConfig(cluster="debug", lost_grace_s=0.0),
+    cfg = RunConfig(env=str(env), cluster=ClusterConfig(cluster="debug", lost_grace_s=0.0), adopt_external=True,
                     llm=LLMConfig(implementer=LLMSettings(provider="openai-compatible", base_url="http://127.0.0.1:9/v1")))
     parts = open_run(tmp_path / "run", cfg)
     parts.cluster = StubCluster(parts.layout.jobs, cfg.cluster)
@@ -199,8 +199,10 @@ def test_metric_attacks_never_become_best(tmp_path: Path) -> None:
         state = run_search(tmp_path / "run", cfg, Console(record=True), live=False)
     by = {v.idea.split(":")[0]: v for v in state.candidates.values()}
     assert by["ATTACK-LOCKED"].implement_status == "invalid"
-    for key in ("ATTACK-RUNTIME", "ATTACK-RANGE", "ATTACK-DAEMON"):
+    for key in ("ATTACK-RANGE", "ATTACK-DAEMON"):
         assert by[key].status == "invalid", (key, by[key].reason)
-    assert by["ATTACK-PRINT"].status == "ok" and by["ATTACK-PRINT"].metric > 0.05   # the printed line is ignored
+    # the printed line is ignored; the eval the run rewrote is not the one that scores (that runs from the snapshot)
+    for key in ("ATTACK-PRINT", "ATTACK-RUNTIME"):
+        assert by[key].status == "ok" and by[key].metric > 0.05, (key, by[key].reason)
     best = max((v for v in state.candidates.values() if v.status == "ok"), key=lambda v: v.reward)
     assert best.idea.startswith("HONEST")

@@ -47,9 +47,18 @@ def test_fake_metrics_line_from_training_is_ignored(tmp_path: Path) -> None:
 
 
 def test_runtime_write_to_locked_file_is_invalid(tmp_path: Path) -> None:
-    task, _ = make_candidate(tmp_path, append("train.py", "\nopen('eval.py', 'a').write('# hacked')\n"))
+    task, _ = make_candidate(tmp_path, append("train.py", "\nopen('data.py', 'a').write('# hacked')\n"))
     result = run_task(task)
-    assert result["status"] == "invalid" and "eval.py" in result["reason"]
+    assert result["status"] == "invalid" and "data.py" in result["reason"]
+
+
+def test_hidden_eval_is_absent_and_a_planted_one_does_not_score(tmp_path: Path) -> None:
+    """The candidate's directory holds no hidden file; an eval.py the run writes there is never the scorer."""
+    forge = "\nimport os; assert not os.path.exists('eval.py'); open('eval.py', 'w').write('print(1)')\n"
+    task, _ = make_candidate(tmp_path, append("train.py", forge))
+    result = run_task(task)
+    assert result["status"] == "ok" and result["metric"] > 0.001, result["reason"]
+    assert result["sandbox"].startswith("landlock")
 
 
 def test_locked_file_changed_before_run_is_invalid(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from toolkit.schema import from_dict, load_yaml, override, to_dict  # noqa: F401
 from toolkit.wandb_log import WandbSettings
 
 CLUSTERS = ("slurm", "local", "debug")
+SANDBOXES = ("auto", "landlock", "bwrap", "apptainer", "none")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,15 @@ class RunConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     implement: ImplementConfig = field(default_factory=ImplementConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # how candidate code is confined: auto (landlock, else bwrap, else apptainer) | landlock | bwrap |
+    # apptainer | none (unconfined: scores can then be forged; an explicit opt-out, announced loudly)
+    sandbox: str = "auto"
+    # schedule candidate directories that something other than this daemon dropped into candidates/
+    adopt_external: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sandbox not in SANDBOXES:
+            raise ConfigError(f"sandbox={self.sandbox!r} is not one of {', '.join(SANDBOXES)}")
 
 
 STRATEGIES = ("evolve", "best_of_n")

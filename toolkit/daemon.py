@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolkit import fsio
+from toolkit import fsio, pins
 from toolkit.config import RunConfig
-from toolkit.envs import EnvSpec
+from toolkit.envs import EnvSpec, data_dirs
 from toolkit.implementer import Implementer
 from toolkit.layout import RunLayout
 from toolkit.llm.base import SpendMeter
@@ -54,10 +54,45 @@ class Daemon:
         self.unresolved: set[str] = set()
         self.just_submitted: set[str] = set()
         self.stopping: Any = lambda: False   # a budget hook: when true no new work starts, running work finishes
+        self.inputs_checked_at = -1.0
+        self.ignored: set[str] = set()
+        self.pin_inputs()
 
     @property
     def state(self):
         return self.log.state
+
+    # ---- pinned inputs --------------------------------------------------------------------------------
+    def input_trees(self) -> dict[str, Path]:
+        public, hidden = data_dirs(self.p.cfg.data_dir, self.p.spec.name)
+        return {"snapshot": self.p.layout.env_dir, "data": public, "hidden": hidden}
+
+    def pin_inputs(self) -> None:
+        """First start: hash the snapshot and the data into the log. A restart: check them against it."""
+        pinned = self.state.meta.get("pins")
+        if pinned is None:
+            self.log.emit("pinned", pins={k: pins.pin_tree(p) for k, p in self.input_trees().items()})
+            return
+        self._raise_if_changed(pins.verify(pinned, self.input_trees()))
+
+    def inputs_ok(self) -> bool:
+        """No new work once an alarm is raised. The (small) snapshot is re-checked at most once a tick."""
+        if self.state.meta.get("alarm"):
+            return False
+        if self.inputs_checked_at != self.clock():
+            self.inputs_checked_at = self.clock()
+            trees = {"snapshot": self.input_trees()["snapshot"]}
+            self._raise_if_changed(pins.verify(self.state.meta.get("pins", {}), trees))
+        return not self.state.meta.get("alarm")
+
+    def _raise_if_changed(self, changed: list[str]) -> None:
+        if changed:
+            self.alarm(f"pinned inputs changed since the run started: {', '.join(changed[:10])}; no new work "
+                       f"starts. Restore them, or start a new run directory")
+
+    def alarm(self, reason: str) -> None:
+        if not self.state.meta.get("alarm"):
+            self.log.emit("alarm", reason=reason)
 
     # ---- ideas ----------------------------------------------------------------------------------------
     def add_ideas(self, ideas: list[Idea]) -> None:
@@ -91,7 +126,7 @@ class Daemon:
         for view in self._views(lambda v: v.implement_status in ("", "implementing") and v.idea):
             if view.cid in self.inflight or self.p.layout.candidate(view.cid).implement.exists():
                 continue
-            if self.p.meter.exhausted() or self.stopping():
+            if self.p.meter.exhausted() or self.stopping() or not self.inputs_ok():
                 return
             idea = from_json(Idea, fsio.read_json(self.p.layout.idea(view.cid)))
             self.inflight[view.cid] = self.pool.submit(self.p.implementer.implement, idea,
@@ -133,8 +168,10 @@ class Daemon:
 
     def _record_implemented(self, cid: str) -> None:
         paths = self.p.layout.candidate(cid)
+        if cid not in self.state.candidates and not self._adoptable(cid):
+            return
         if not paths.implement.exists():
-            if paths.ready.exists():  # a ready codebase dropped in by hand, without implement records
+            if paths.ready.exists() and self._adoptable(cid):  # a ready codebase dropped in by hand
                 self._adopt(cid)
             return
         record = fsio.read_json(paths.implement)
@@ -142,6 +179,16 @@ class Daemon:
             self._adopt_idea(cid)
         self.log.emit("implemented", cid=cid, status=record["status"], reason=record.get("reason", ""),
                       diff_lines=record.get("diff_lines", 0), cost_usd=record.get("cost_usd", 0.0))
+
+    def _adoptable(self, cid: str) -> bool:
+        """Only this daemon's own candidates run, unless `adopt_external` says otherwise: a directory that
+        appears in candidates/ by other means is noted once and left alone."""
+        if self.p.cfg.adopt_external:
+            return True
+        if cid not in self.ignored:
+            self.ignored.add(cid)
+            self.log.emit("ignored_external", cid=cid, reason="not created by this daemon (adopt_external is off)")
+        return False
 
     def _adopt(self, cid: str) -> None:
         self._adopt_idea(cid)
@@ -159,7 +206,7 @@ class Daemon:
 
     # ---- schedule --------------------------------------------------------------------------------------
     def schedule(self) -> None:
-        if self.stopping():
+        if self.stopping() or not self.inputs_ok():
             return
         ready = [v for v in self._views(lambda v: v.implement_status == "ready" and not v.job_id and not v.status)
                  if self.p.layout.candidate(v.cid).ready.exists()]
@@ -201,7 +248,8 @@ class Daemon:
 
     def _task(self, cid: str, attempt: int) -> WorkerTask:
         return WorkerTask(cand_dir=str(self.p.layout.candidate(cid).root), env_dir=str(self.p.layout.env_dir),
-                          smoke=self.p.cfg.smoke, data_dir=self.p.cfg.data_dir, attempt=attempt)
+                          smoke=self.p.cfg.smoke, data_dir=self.p.cfg.data_dir, attempt=attempt,
+                          sandbox=self.p.cfg.sandbox, pins=self.state.meta.get("pins"))
 
     # ---- collect ---------------------------------------------------------------------------------------
     def collect(self) -> None:
@@ -211,6 +259,9 @@ class Daemon:
         found = {v.cid: self._read_result(v) for v in waiting}
         results = [event for event in found.values() if event]
         self.log.emit_many("result", results)
+        for event in results:
+            if event.get("alarm"):
+                self.alarm(f"{event['cid']}: {event['alarm']}")
         for event in results:
             self._note_duplicates(event["cid"])
         missing = [v for v in waiting if found[v.cid] is None and not v.status

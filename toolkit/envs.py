@@ -10,6 +10,7 @@ import fnmatch
 import hashlib
 import math
 import operator
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +33,9 @@ class Resources:
     # the rule of a fixed-time budget: a run that ends later than this (training budget + start-up) is
     # `invalid`, since an edited train.py could otherwise buy its score with more time; 0 = no such rule
     run_budget_s: float = 0.0
+    # the same rule for the eval: a scoring stage that takes longer is `invalid` (candidate code runs in the
+    # eval's model child, and must not buy time there either); 0 = no such rule
+    eval_budget_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class EnvSpec:
     # published results in metric units ("paper: best human": 0.688); `toolkit report` sets the best found
     # against them (full runs only: smoke metrics are not comparable)
     references: dict[str, float] = field(default_factory=dict)
+    network: bool = False              # candidate code may open TCP connections (multi-process training)
     root: str = ""                     # the directory env.yaml was loaded from (filled in by load_env)
 
     @property
@@ -66,7 +71,13 @@ class EnvSpec:
         return a < b if self.direction == "minimize" else a > b
 
 
-SMOKE_KEYS = ("run", "eval", "quick_check", "env_vars", "resources", "metric_range")
+SMOKE_KEYS = ("run", "eval", "quick_check", "prepare", "network", "env_vars", "resources", "metric_range")
+
+
+def data_dirs(configured: str, env_name: str) -> tuple[Path, Path]:
+    """(public, hidden): training reads the first; only the trusted scorer is given the second."""
+    public = Path(configured).expanduser() if configured else Path("~/.cache/toolkit/data").expanduser() / env_name
+    return public, public.with_name(public.name + ".hidden")
 
 
 def resolve_env_dir(name_or_path: str) -> Path:
@@ -179,7 +190,10 @@ def tree_sha256(code_dir: Path) -> str:
     """One hash over every file's path and content: the code hash recorded with each result."""
     h = hashlib.sha256()
     for rel in list_files(code_dir):
-        h.update(rel.encode() + b"\0" + file_sha256(code_dir / rel).encode() + b"\n")
+        path = code_dir / rel
+        # a link is hashed by where it points, never followed (a link to /dev/zero must not hang the worker)
+        digest = "link:" + os.readlink(path) if path.is_symlink() else file_sha256(path)
+        h.update(rel.encode() + b"\0" + digest.encode() + b"\n")
     return h.hexdigest()
 
 

@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from toolkit import fsio, jobenv
+from toolkit import confine, fsio, jobenv
 from toolkit.config import ImplementConfig
-from toolkit.envs import EnvSpec, is_locked, list_files
+from toolkit.envs import EnvSpec, is_locked, list_files, locked_files
 from toolkit.layout import CandidatePaths
 from toolkit.llm.base import ChatRequest, LLMClient, LLMReply
 from toolkit.patching import PatchOutcome, apply_patch
@@ -74,8 +74,9 @@ def implement_prompt(spec: EnvSpec, idea: Idea) -> str:
 
 
 class Implementer:
-    def __init__(self, spec: EnvSpec, llm: LLMClient, cfg: ImplementConfig, data_dir: Path) -> None:
-        self.spec, self.llm, self.cfg, self.data_dir = spec, llm, cfg, data_dir
+    def __init__(self, spec: EnvSpec, llm: LLMClient, cfg: ImplementConfig, data_dir: Path,
+                 sandbox: str = "landlock") -> None:
+        self.spec, self.llm, self.cfg, self.data_dir, self.sandbox = spec, llm, cfg, data_dir, sandbox
         set_preflight_concurrency(cfg.preflight_concurrency)
         self.system = render("implement_system")
 
@@ -146,7 +147,7 @@ class Implementer:
     def _preflighted(self, sample: int, revision: int, patch: PatchOutcome, dest: Path, race: _Race) -> Attempt:
         if race.over:
             return Attempt(sample, revision, "superseded", SUPERSEDED, patch.diff)
-        problem = preflight(dest, self.spec, self.cfg.quick_check_timeout_s, self.data_dir)
+        problem = preflight(dest, self.spec, self.cfg.quick_check_timeout_s, self.data_dir, self.sandbox)
         if problem:
             return Attempt(sample, revision, "preflight_failed", problem, patch.diff)
         race.claim(winner := Attempt(sample, revision, "applied", "", patch.diff, str(dest)))
@@ -200,17 +201,17 @@ def _failure_reason(attempts: list[Attempt]) -> str:
     return f"{len(attempts)} attempts ({summary}); last: {attempts[-1].reason[:500]}"
 
 
-def preflight(code_dir: Path, spec: EnvSpec, timeout_s: float, data_dir: Path) -> str:
+def preflight(code_dir: Path, spec: EnvSpec, timeout_s: float, data_dir: Path, sandbox: str = "landlock") -> str:
     """'' if the patched codebase byte-compiles and passes the env's quick check, else the error."""
     problem = _compile_all(code_dir)
     if problem or not spec.quick_check.strip():
         return problem
-    return _quick_check(code_dir, spec, timeout_s, data_dir)
+    return _quick_check(code_dir, spec, timeout_s, data_dir, sandbox)
 
 
 def _compile_all(code_dir: Path) -> str:
     for rel in list_files(code_dir):
-        if rel.endswith(".py") and (code_dir / rel).is_file():
+        if rel.endswith(".py") and (code_dir / rel).is_file() and not (code_dir / rel).is_symlink():
             try:
                 compile((code_dir / rel).read_bytes(), rel, "exec", dont_inherit=True)
             except (SyntaxError, ValueError) as exc:
@@ -227,24 +228,38 @@ def set_preflight_concurrency(n: int) -> None:
     _PREFLIGHT_SLOTS = threading.BoundedSemaphore(max(1, n))
 
 
-def _quick_check(code_dir: Path, spec: EnvSpec, timeout_s: float, data_dir: Path) -> str:
+def _quick_check(code_dir: Path, spec: EnvSpec, timeout_s: float, data_dir: Path, sandbox: str) -> str:
     with _PREFLIGHT_SLOTS:
-        return _quick_check_now(code_dir, spec, timeout_s, data_dir)
+        return _quick_check_now(code_dir, spec, timeout_s, data_dir, sandbox)
 
 
-def _quick_check_now(code_dir: Path, spec: EnvSpec, timeout_s: float, data_dir: Path) -> str:
-    """Run the quick check in a throwaway copy so nothing it writes reaches the candidate."""
+def _quick_check_now(code_dir: Path, spec: EnvSpec, timeout_s: float, data_dir: Path, sandbox: str) -> str:
+    """Run the quick check in a throwaway copy, confined like a job (on the daemon's host, where the API keys
+    are): it writes only that copy and its scratch, reads only the public data, sees the job allow-list
+    environment, and anything it leaves running is found by ancestry and killed. Its output goes back to
+    the implementer, so it must not be able to read hidden files: the copy holds none."""
     with tempfile.TemporaryDirectory(prefix="toolkit-preflight-") as tmp:
-        work = Path(tmp) / "code"
+        work, scratch = Path(tmp) / "code", Path(tmp) / "scratch"
         shutil.copytree(code_dir, work, symlinks=True)
+        for rel in locked_files(work, spec.hidden):
+            (work / rel).unlink(missing_ok=True)
+        scratch.mkdir()
         env = {**jobenv.job_environ(), **{k: str(v) for k, v in spec.env_vars.items()},
-               "TOOLKIT_QUICK_CHECK": "1", "TOOLKIT_SCRATCH": tmp, "TOOLKIT_SMOKE": "1",
+               "TOOLKIT_QUICK_CHECK": "1", "TOOLKIT_SCRATCH": str(scratch), "TOOLKIT_SMOKE": "1",
                "TOOLKIT_DATA_DIR": str(data_dir)}
-        try:
-            proc = subprocess.run(["bash", "-c", spec.quick_check], cwd=work, env=env, capture_output=True,
-                                  text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return f"preflight: quick check `{spec.quick_check}` took longer than {timeout_s:.0f} s"
-    if proc.returncode != 0:
-        return f"preflight: quick check `{spec.quick_check}` exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-ERROR_CHARS:]}"
+        policy = confine.candidate_policy(work, scratch, [str(data_dir)], sandbox, network=spec.network,
+                                          timeout_s=timeout_s)
+        launch = confine.launch_argv(policy, ["bash", "-c", spec.quick_check], Path(tmp) / "control")
+        proc = subprocess.run(launch.argv, cwd=work, env=confine.confined_environ(env, scratch), capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=timeout_s + 60)
+        report = confine.read_report(launch.report)
+    output = (proc.stdout + proc.stderr)[-ERROR_CHARS:]
+    if report.error:
+        return f"preflight: the sandbox could not start the quick check: {report.error}"
+    if report.returncode is None:
+        return f"preflight: quick check `{spec.quick_check}` took longer than {timeout_s:.0f} s"
+    if report.leftovers:
+        return f"preflight: quick check `{spec.quick_check}` left {report.leftovers} process(es) running (killed)"
+    if report.returncode != 0:
+        return f"preflight: quick check `{spec.quick_check}` exited {report.returncode}:\n{output}"
     return ""

