@@ -206,3 +206,22 @@ def test_metric_attacks_never_become_best(tmp_path: Path) -> None:
         assert by[key].status == "ok" and by[key].metric > 0.05, (key, by[key].reason)
     best = max((v for v in state.candidates.values() if v.status == "ok"), key=lambda v: v.reward)
     assert best.idea.startswith("HONEST")
+
+
+def test_a_changed_snapshot_raises_an_alarm_and_stops_new_work(tmp_path: Path) -> None:
+    daemon = collector(tmp_path, [])
+    assert "pins" in daemon.state.meta and not daemon.state.meta.get("alarm")
+    eval_py = daemon.p.layout.env_dir / "code" / "eval.py"
+    eval_py.write_text(eval_py.read_text() + "\n# edited under a running search\n")
+    for cid in ("late",):
+        paths = daemon.p.layout.candidate(cid)
+        shutil.copytree(daemon.p.spec.code_dir, paths.code)
+        fsio.atomic_write_json(paths.idea, to_json(Idea(idea_id=cid, text=cid)))
+        fsio.atomic_write_json(paths.implement, to_json(ImplementOutcome(cid=cid, status="ready")))
+        fsio.atomic_write_text(paths.ready, "")
+    daemon.clock = lambda: 1e12   # a new tick: the snapshot is checked again
+    daemon.tick()
+    assert "snapshot/code/eval.py" in daemon.state.meta["alarm"]
+    assert not daemon.state.candidates["late"].job_id, "no new work once the alarm is raised"
+    restarted = Daemon(daemon.p)
+    assert restarted.state.meta["alarm"] and not restarted.inputs_ok()

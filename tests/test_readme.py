@@ -42,3 +42,12 @@ def test_quickstart_replay_is_current_and_every_diff_applies(tmp_path: Path) -> 
     for n, entry in enumerate(diffs):
         outcome = apply_patch(entry["text"], ROOT / "envs" / "tiny_lm" / "code", tmp_path / f"c{n}", ["eval.py", "data.py"])
         assert outcome.status == "applied", (entry["match"], outcome.reason)
+
+
+def test_red_team_table_lists_every_attack_with_its_outcome() -> None:
+    from redteam import ATTACKS
+
+    text = (ROOT / "README.md").read_text()
+    for attack in ATTACKS:
+        row = next((line for line in text.splitlines() if line.startswith(f"| `{attack.key}`")), "")
+        assert row and f"`{attack.outcome}`" in row, attack.key

@@ -33,7 +33,7 @@ class Crash(Exception):
 def test_crash_after_sbatch_reattaches(tmp_path: Path, monkeypatch) -> None:
     env = copy_env(tmp_path / "env")
     unused = LLMSettings(provider="openai-compatible", base_url="http://127.0.0.1:9/v1")  # never called
-    cfg = RunConfig(env=str(env), cluster=ClusterConfig(cluster="slurm", poll_s=1),
+    cfg = RunConfig(env=str(env), cluster=ClusterConfig(cluster="slurm", poll_s=1), adopt_external=True,
                     llm=LLMConfig(ideator=unused, implementer=unused))
     parts = open_run(tmp_path / "run", cfg)
     for cid in ("a", "b"):

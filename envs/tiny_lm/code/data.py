@@ -155,4 +155,3 @@ if __name__ == "__main__":
     train, val = get_split("train"), get_split("val")
     print(f"cache: {data_dir()}")
     print(f"vocab {VOCAB_SIZE}, train {len(train):,} chars, val {len(val):,} chars, context {CONTEXT_LEN}")
-    print("val starts:", repr(decode(val[:120])))
