@@ -14,7 +14,7 @@ PY=${PYTHON:-$REPO/.venv/bin/python}
 OUT=${BENCH_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/bench-results.XXXXXX")}
 LIMIT_S=${BENCH_LIMIT_S:-600}
 # makespan first: it needs the cluster's slots to itself, before the others queue held jobs
-ALL=(makespan submit polling collect daemon_idle implementer)
+ALL=(makespan submit polling collect daemon_idle implementer confine)
 NAMES=("${@:-${ALL[@]}}")
 
 if [[ ! -x $PY ]]; then

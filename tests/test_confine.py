@@ -104,10 +104,11 @@ def test_apptainer_command_line_is_contained_and_masks_what_landlock_denies(layo
 
 
 def test_leftovers_are_found_by_ancestry_whatever_their_session_or_environment(layout):
-    escape = ["sh", "-c", "setsid env -i sh -c '(sleep 300 &) ; exit 0' ; exit 0"]
+    nap = f"sleep {300 + os.getpid() % 1000}.{os.getpid()}"   # this test's own leftover, by its command line
+    escape = ["sh", "-c", f"setsid env -i sh -c '({nap} &) ; exit 0' ; exit 0"]
     proc, report = run_confined(layout, "landlock", escape)
     assert report.returncode == 0 and report.leftovers >= 1, (report, proc.stderr)
-    alive = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True).stdout.split()
+    alive = subprocess.run(["pgrep", "-f", nap], capture_output=True, text=True).stdout.split()
     assert not alive, "the leftover was killed"
     clean, clean_report = run_confined(layout, "landlock", ["sh", "-c", "sleep 0.1"])
     assert clean_report.returncode == 0 and clean_report.leftovers == 0

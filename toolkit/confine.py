@@ -26,7 +26,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +61,9 @@ class Policy:
     network: bool = False
     mechanism: str = "landlock"       # a resolved mechanism: landlock, bwrap, apptainer or none
     timeout_s: float = 0.0            # 0: no limit (the caller enforces one)
-    exclude_toolkit: bool = True      # the toolkit's own package (it ships the hidden evals) is not readable
-    userns: bool = False              # also enter a user namespace (no capabilities over outside processes)
+    userns: bool = True               # with Landlock, also enter a user namespace where the kernel allows one
     # the same read set for mount-based mechanisms (bwrap, apptainer): whole trees bound read-only, with the
-    # excluded paths masked; hundreds of fine-grained binds cost seconds per start
+    # excluded paths masked (a few dozen mounts instead of one per allowed path)
     read_roots: tuple[str, ...] = ()
     hide: tuple[str, ...] = ()
 
@@ -113,11 +112,11 @@ def describe(mechanism: str, userns: bool = False) -> str:
 
 
 # ---- what a candidate may read -------------------------------------------------------------------------
-def python_read_paths(exclude_toolkit: bool = True) -> list[str]:
+def python_read_paths() -> list[str]:
     """The interpreter's prefixes (site-packages included), minus the toolkit's own package (an install of it
     carries the shipped environments' hidden evals)."""
     prefixes = sorted({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix})
-    hidden = [p for prefix in prefixes for p in _toolkit_entries(prefix)] if exclude_toolkit else []
+    hidden = [p for prefix in prefixes for p in _toolkit_entries(prefix)]
     return sorted({p for prefix in prefixes for p in tree_except(prefix, hidden)})
 
 
@@ -176,8 +175,7 @@ def candidate_policy(code_dir: Path, scratch: Path, read: list[str], mechanism: 
     hide = [os.path.join(top, n) for top, names in SYSTEM_EXCLUDE.items() for n in names]
     hide += [p for prefix in prefixes for p in _toolkit_entries(prefix)]
     return Policy(read=tuple(sorted(set(system + [str(p) for p in read]))), write=tuple(writable),
-                  network=network, mechanism=mechanism, timeout_s=timeout_s,
-                  userns=mechanism == "landlock" and userns_available(), read_roots=tuple(roots),
+                  network=network, mechanism=mechanism, timeout_s=timeout_s, read_roots=tuple(roots),
                   hide=tuple(p for p in hide if os.path.lexists(p)))
 
 
@@ -339,7 +337,6 @@ class Launch:
     argv: list[str]
     report: Path
     policy_file: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def launch_argv(policy: Policy, argv: list[str], control_dir: Path) -> Launch:
@@ -360,8 +357,9 @@ def read_report(path: Path) -> Report:
 
 
 def run(policy: Policy, argv: list[str], cwd: str, env: dict[str, str]) -> Report:
-    """Inside the launcher: start, wait, reap. Returns the report."""
+    """Inside the launcher (single-threaded, so probing and preexec are safe): start, wait, reap."""
     start = time.monotonic()
+    policy = replace(policy, userns=policy.userns and policy.mechanism == "landlock" and userns_available())
     prefix = command_prefix(policy, cwd)
     preexec = (lambda: _confine_child(policy)) if policy.mechanism == "landlock" else _child_basics
     keep = _kept_fds(env)

@@ -56,6 +56,7 @@ class StepOutcome:
     leftovers: int = 0                 # processes found alive (by ancestry) after the step, all killed
     error: str = ""                    # the launcher could not start or confine the step
     over_budget_s: float = 0.0         # the step finished, but after this budget
+    sandbox: str = ""                  # the confinement the launcher applied (e.g. landlock-abi7+userns)
 
 
 class WorkerRun:
@@ -148,8 +149,7 @@ def execute(task: WorkerTask, paths: CandidatePaths) -> Result:
         return _invalid(paths, f"locked file(s) differ from the pristine copy before the run: {changed}", pristine)
     env = _step_env(spec, task, paths)
     run = run_confined(spec, task, paths, env, mechanism)
-    return replace(_after_run(spec, task, paths, env, run, pristine, locked, mechanism), sandbox=confine.describe(
-        mechanism, mechanism == "landlock" and confine.userns_available()))
+    return replace(_after_run(spec, task, paths, env, run, pristine, locked, mechanism), sandbox=run.sandbox)
 
 
 def _after_run(spec: EnvSpec, task: WorkerTask, paths: CandidatePaths, env: dict[str, str], run: StepOutcome,
@@ -217,7 +217,7 @@ def run_launched(policy: confine.Policy, argv: list[str], cwd: Path, env: dict[s
                     f"{label}: {argv[-1]}", capture=capture)
     report = confine.read_report(launch.report)
     code = None if report.returncode is None or step.returncode is None else report.returncode
-    return replace(step, returncode=code, leftovers=report.leftovers, error=report.error)
+    return replace(step, returncode=code, leftovers=report.leftovers, error=report.error, sandbox=report.mechanism)
 
 
 def strip_hidden(code_dir: Path, spec: EnvSpec) -> None:
