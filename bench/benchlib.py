@@ -244,8 +244,9 @@ resources: {{gpus: 0, cpus: 1, mem_gb: 1, time_min: {time_min}, eval_time_min: 0
 def bench_config(env_dir: Path, cluster: ClusterConfig, base_url: str = UNREACHABLE_LLM,
                  implement: ImplementConfig | None = None) -> RunConfig:
     llm = LLMSettings(provider="openai-compatible", model="bench", base_url=base_url, backoff_s=0.01)
+    # the benchmarks drop ready candidates into the run directory themselves: they opt in to adopting them
     return RunConfig(env=str(env_dir), llm=LLMConfig(ideator=llm, implementer=llm),
-                     implement=implement or ImplementConfig(), cluster=cluster)
+                     implement=implement or ImplementConfig(), cluster=cluster, adopt_external=True)
 
 
 def open_bench_run(run_dir: Path, cfg: RunConfig) -> Parts:

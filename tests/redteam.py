@@ -135,9 +135,10 @@ ATTACKS = [
     Attack("steal-keys-quick-check", 6, "the quick check reads every process's environment for API keys and "
            "prints them into its failure output (the revision prompt)", "failed",
            "user namespace + Landlock: other processes' /proc/<pid>/environ is unreadable; job allow-list env",
-           body=quick_attack("for p in os.listdir('/proc'):\n    try:\n"
+           body=quick_attack("print(dict(os.environ))\nfor p in os.listdir('/proc'):\n    try:\n"
                              "        print(open(f'/proc/{p}/environ', 'rb').read().replace(b'\\0', b' ')[:4000])\n"
-                             "    except Exception:\n        pass\nprint(dict(os.environ))\nraise SystemExit(1)")),
+                             "    except Exception as exc:\n        print(f'/proc/{p}/environ:', exc.__class__.__name__)\n"
+                             "raise SystemExit(1)")),
     Attack("steal-home-quick-check", 6, "the quick check prints the user's home files (dotfiles, keys)", "failed",
            "Landlock: the real $HOME is out of reach (HOME points at scratch)",
            body=quick_attack("import pwd, glob\nhome = pwd.getpwuid(os.getuid()).pw_dir\nfor p in glob.glob(home + '/.*'):\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from toolkit import dashboard
+from toolkit import confine, dashboard
 from toolkit.config import CLUSTERS, ClusterConfig, SearchRunConfig, ServeConfig
 from toolkit.report import add_report_parser
 from toolkit.rl.cli import add_rl_parser
@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:   # a process of its own: it may hold API keys, which same-user processes must not read
+        confine.harden_trusted()
     try:
         return args.func(args)
     except ToolkitError as exc:
