@@ -140,3 +140,15 @@ def test_read_set_excludes_the_toolkit_and_secrets_but_keeps_what_python_needs()
     assert any(sys.base_prefix.startswith(p.rstrip("/")) for p in paths)
     tree = confine.tree_except("/etc", ["/etc/ssh"])
     assert "/etc/" in tree and "/etc/ssh" not in tree and "/etc/hostname" in tree
+
+
+def test_network_envs_get_tcp_and_shared_memory_others_neither(layout):
+    """Multi-process training (torchrun, NCCL, DataLoader workers) declares `network: true`."""
+    shm = f"/dev/shm/toolkit-test-{os.getpid()}"
+    code = f"open({shm!r}, 'w').write('x')"
+    for network, expected in ((False, 1), (True, 0)):
+        policy = confine.candidate_policy(layout / "code", layout / "scratch", [], "landlock", network=network)
+        launch = confine.launch_argv(policy, [sys.executable, "-c", code], layout / "control")
+        subprocess.run(launch.argv, cwd=layout / "code", capture_output=True, timeout=60)
+        assert (confine.read_report(launch.report).returncode != 0) == bool(expected), network
+    os.unlink(shm)

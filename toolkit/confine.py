@@ -169,10 +169,13 @@ def candidate_policy(code_dir: Path, scratch: Path, read: list[str], mechanism: 
     scratch writable, the given data readable, the system and the interpreter readable, nothing else."""
     system = system_read_paths() + python_read_paths() + ([] if code_writable else [str(code_dir)])
     writable = ([str(code_dir)] if code_writable else []) + [str(scratch), *device_write_paths()]
+    if network and os.path.isdir("/dev/shm"):   # multi-process training: NCCL and DataLoader workers share it
+        writable.append("/dev/shm")
     prefixes = sorted({sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix})
     roots = [p for p in SYSTEM_READ if os.path.exists(p)] + prefixes + [str(p) for p in read]
     roots += [] if code_writable else [str(code_dir)]
-    hide = [os.path.join(top, n) for top, names in SYSTEM_EXCLUDE.items() for n in names]
+    hide = [os.path.join(top, n) for top, names in SYSTEM_EXCLUDE.items() for n in names
+            if not (network and top == "/dev" and n == "shm")]
     hide += [p for prefix in prefixes for p in _toolkit_entries(prefix)]
     return Policy(read=tuple(sorted(set(system + [str(p) for p in read]))), write=tuple(writable),
                   network=network, mechanism=mechanism, timeout_s=timeout_s, read_roots=tuple(roots),

@@ -129,13 +129,15 @@ class ModelChild:
         return report
 
     # ---- calls ----
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's output for x (a tensor of token ids), as float32 on the CPU."""
+    def __call__(self, x: torch.Tensor, as_float: bool = True) -> torch.Tensor:
+        """The model's output for x (a tensor of token ids) on the CPU: float32, or as the child sent it
+        (bf16 logits convert faster on the scorer's GPU than here)."""
         x = x.detach().to("cpu").contiguous()
         self._send({"op": "forward", "dtype": str(x.dtype).replace("torch.", ""), "shape": list(x.shape)},
                    x.numpy().tobytes())
         self.calls += 1
-        return self._reply().float()
+        out = self._reply()
+        return out.float() if as_float else out
 
     def _send(self, header: dict[str, Any], payload: bytes = b"") -> None:
         data = json.dumps({**header, "nbytes": len(payload)}).encode() + b"\n" + payload

@@ -183,7 +183,7 @@ def run_child(items, device, keep):
             for i in range(0, len(items), BATCH_SIZE):
                 keys = [k for k, _ in items[i:i + BATCH_SIZE]]
                 batch = torch.stack([w for _, w in items[i:i + BATCH_SIZE]])
-                logits = model(batch)
+                logits = model(batch, as_float=False)   # bf16 on GPU: converted there, not on the CPU
                 if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(batch.shape) or logits.size(-1) != VOCAB_SIZE:
                     raise Invalid(f"model(idx) must return logits of shape {tuple(batch.shape)} + (>= {VOCAB_SIZE},), "
                                   f"got {tuple(logits.shape)}")
