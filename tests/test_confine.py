@@ -152,3 +152,12 @@ def test_network_envs_get_tcp_and_shared_memory_others_neither(layout):
         subprocess.run(launch.argv, cwd=layout / "code", capture_output=True, timeout=60)
         assert (confine.read_report(launch.report).returncode != 0) == bool(expected), network
     os.unlink(shm)
+
+
+def test_a_relative_control_dir_works_from_the_candidates_directory(layout, monkeypatch):
+    """`runs/quickstart` is relative; the launcher itself runs in the candidate's code dir."""
+    monkeypatch.chdir(layout)
+    policy = confine.candidate_policy(layout / "code", layout / "scratch", [], "landlock")
+    launch = confine.launch_argv(policy, ["true"], Path("control") / "run")
+    subprocess.run(launch.argv, cwd=layout / "code", timeout=60)
+    assert confine.read_report(launch.report).returncode == 0

@@ -167,6 +167,7 @@ def candidate_policy(code_dir: Path, scratch: Path, read: list[str], mechanism: 
                      timeout_s: float = 0.0, code_writable: bool = True) -> Policy:
     """The policy of a step that runs candidate code: its code dir (unless `code_writable` is off) and
     scratch writable, the given data readable, the system and the interpreter readable, nothing else."""
+    code_dir, scratch, read = code_dir.resolve(), scratch.resolve(), [str(Path(p).resolve()) for p in read]
     system = system_read_paths() + python_read_paths() + ([] if code_writable else [str(code_dir)])
     writable = ([str(code_dir)] if code_writable else []) + [str(scratch), *device_write_paths()]
     if network and os.path.isdir("/dev/shm"):   # multi-process training: NCCL and DataLoader workers share it
@@ -343,7 +344,9 @@ class Launch:
 
 
 def launch_argv(policy: Policy, argv: list[str], control_dir: Path) -> Launch:
-    """The command that runs `argv` confined. `control_dir` must be out of the candidate's reach."""
+    """The command that runs `argv` confined. `control_dir` must be out of the candidate's reach. Its paths
+    are made absolute: the launcher runs in the candidate's directory."""
+    control_dir = control_dir.resolve()
     control_dir.mkdir(parents=True, exist_ok=True)
     policy_file, report = control_dir / "policy.json", control_dir / REPORT_NAME
     report.unlink(missing_ok=True)

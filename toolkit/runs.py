@@ -107,7 +107,7 @@ def make_llm(settings: LLMSettings, meter: SpendMeter, layout: RunLayout) -> LLM
 
 def open_run(run_dir: Path, cfg: RunConfig, adjust: Callable[[Any], Any] | None = None) -> Parts:
     """`adjust` changes the resolved config for this session only (e.g. a served model's fresh endpoint)."""
-    layout = RunLayout(run_dir)
+    layout = RunLayout(run_dir.resolve())   # jobs and confined steps run elsewhere: no relative paths
     layout.make()
     cfg = save_config(layout, cfg)
     cfg = adjust(cfg) if adjust is not None else cfg
