@@ -37,7 +37,7 @@ def write_replay(path: Path) -> None:
 def test_search_with_served_model(tmp_path: Path) -> None:
     write_replay(tmp_path / "replay.jsonl")
     port = free_port()
-    command = f"{sys.executable} -m toolkit.testing.fake_llm --host 127.0.0.1 --port {{port}} --replay {tmp_path / 'replay.jsonl'}"
+    command = f"{sys.executable} -m toolkit.testing.fake_llm --host {{bind}} --port {{port}} --replay {tmp_path / 'replay.jsonl'}"
     cfg = from_dict(SearchRunConfig, {
         "env": str(copy_env(tmp_path / "env")),
         "serve_llm": {"model": "Qwen/Qwen3-30B-A3B", "partition": "h100", "gpus": 1, "cpus": 1, "mem_gb": 1,
@@ -62,3 +62,42 @@ def test_search_with_served_model(tmp_path: Path) -> None:
         import time
         time.sleep(1)
     assert not state_out.strip() or "RUNNING" not in state_out
+
+
+@pytest.mark.slurm
+def test_served_endpoints_are_private_distinct_and_never_a_foreign_server(tmp_path: Path) -> None:
+    """Two servers at once, both preferring a port a foreign (keyless) server already holds: each gets its own
+    free port, answers only its own key, and the foreign one is never published; the key is in no command
+    line, no job record and no file of the run directory but its 0600 secret file."""
+    from toolkit.config import ClusterConfig, ServeConfig
+    from toolkit.serve import _status, start_server, stop_server, wait_for_endpoint
+    from toolkit.testing.fake_llm import FakeLLMServer
+
+    cluster = ClusterConfig(cluster="slurm", partition="debug")
+    runs = [tmp_path / "a", tmp_path / "b"]
+    with FakeLLMServer() as foreign:
+        taken = int(foreign.base_url.rsplit(":", 1)[1])
+        command = f"{sys.executable} -m toolkit.testing.fake_llm --host {{bind}} --port {{port}}"
+        cfg = ServeConfig(model="m", partition="debug", gpus=0, cpus=1, mem_gb=1, port=taken, command=command,
+                          health_timeout_s=120)
+        for run in runs:
+            run.mkdir()
+        try:
+            jobs = [start_server(cfg, cluster, run) for run in runs]
+            urls = [wait_for_endpoint(cfg, cluster, run, job, Console(quiet=True)) for run, job in zip(runs, jobs)]
+            keys = [(run / "llm_secret").read_text().strip() for run in runs]
+            ports = [int(url.rsplit(":", 1)[1].split("/")[0]) for url in urls]
+            assert taken not in ports and ports[0] != ports[1], ports
+            for url, key, other in zip(urls, keys, reversed(keys)):
+                assert (_status(url, ""), _status(url, other), _status(url, key)) == (401, 401, 200)
+            ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+            shown = subprocess.run(["scontrol", "show", "job", "-d", *jobs], capture_output=True, text=True).stdout
+            for run, key in zip(runs, keys):
+                assert key not in ps and key not in shown
+                assert (run / "llm_secret").stat().st_mode & 0o777 == 0o600
+                assert (run / "llm_endpoint.json").stat().st_mode & 0o777 == 0o600
+                carriers = [p for p in run.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+                assert carriers == [run / "llm_secret"], carriers
+        finally:
+            for run in runs:
+                stop_server(cluster, run)

@@ -14,7 +14,7 @@ from toolkit import confine, dashboard
 from toolkit.config import CLUSTERS, ClusterConfig, SearchRunConfig, ServeConfig
 from toolkit.report import add_report_parser
 from toolkit.rl.cli import add_rl_parser
-from toolkit.serve import start_server, stop_server, wait_for_endpoint
+from toolkit.serve import KEY_ENV, start_server, stop_server, wait_for_endpoint
 from toolkit.evolve import run_dir_for, run_search
 from toolkit.errors import ConfigError, ToolkitError
 from toolkit.layout import RunLayout
@@ -131,7 +131,8 @@ def cmd_serve_llm(args: argparse.Namespace) -> int:
     job_id = start_server(serve, cluster, run_dir)
     url = wait_for_endpoint(serve, cluster, run_dir, job_id, console)
     console.print(f"{serve.model} answering at {url} (job {job_id}); endpoint recorded in {run_dir / 'llm_endpoint.json'}")
-    console.print(f"use it with: --llm openai-compatible --model {serve.model} --base-url {url}")
+    console.print(f"use it with: --llm openai-compatible --model {serve.model} --base-url {url}, and its key in "
+                  f"the environment: export {KEY_ENV}=\"$(cat {run_dir / 'llm_secret'})\" (api_key_env: {KEY_ENV})")
     return 0
 
 
@@ -153,12 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_flags(ev)
     add_llm_flags(ev)
     ev.set_defaults(func=cmd_evolve)
-    sv = sub.add_parser("serve-llm", help="start a vLLM OpenAI-compatible server as a SLURM job and wait for it")
+    sv = sub.add_parser("serve-llm", help="start a vLLM OpenAI-compatible server as a SLURM job and wait for it",
+                        description="Start a private vLLM server as a SLURM job. It binds loopback when this "
+                        "command runs on the server's node, else the node's own address (never 0.0.0.0 unless "
+                        "the config's bind_host says so), on a port found free at start; its API key is made "
+                        "here, kept in RUN_DIR/llm_secret (0600) and handed to the server through its "
+                        "environment (VLLM_API_KEY), never a command line. The endpoint is published only once "
+                        "the server answering proves it holds that key.")
     sv.add_argument("--model", required=True)
     sv.add_argument("--partition")
     sv.add_argument("--cluster", choices=CLUSTERS)
     sv.add_argument("--gpus", type=int)
-    sv.add_argument("--port", type=int)
+    sv.add_argument("--port", type=int, help="preferred port (default: one found free on the node)")
     sv.add_argument("--command", help="server command template ({model} {port} {bind} {gpus})")
     sv.add_argument("--advertise-host", help="host name the clients use (default: the node's name)")
     sv.add_argument("--run-dir", help="where the endpoint is recorded (default runs/llm-<model>)")

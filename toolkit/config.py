@@ -83,10 +83,12 @@ class ServeConfig:
     cpus: int = 8
     mem_gb: float = 64.0
     time_min: int = 2880               # the server job's SLURM time limit
-    port: int = 8000
-    command: str = DEFAULT_SERVE_COMMAND     # {model} {port} {bind} {gpus} are filled in
-    bind_host: str = "0.0.0.0"
-    advertise_host: str = ""           # how the daemon reaches the node ("" = the node's hostname)
+    port: int = 0                      # 0 = a port found free on the node when the job starts
+    command: str = DEFAULT_SERVE_COMMAND     # {model} {port} {bind} {gpus} are filled in; the key is VLLM_API_KEY
+    # "" = loopback when the daemon runs on the server's node, else the node's cluster-facing address; never
+    # 0.0.0.0 by default (every host that can reach the node could use the GPUs behind it)
+    bind_host: str = ""
+    advertise_host: str = ""           # how the daemon reaches the node ("" = the address it binds)
     health_timeout_s: float = 1800.0   # model download + load can take long on first use
     roles: tuple[str, ...] = ("ideator", "implementer")
 

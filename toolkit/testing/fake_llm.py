@@ -10,6 +10,7 @@ As a process, in place of a vLLM server:  python -m toolkit.testing.fake_llm --p
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import threading
 import time
@@ -41,7 +42,9 @@ Responder = Callable[[dict], FakeReply]
 class FakeLLMServer:
     """Context manager: `with FakeLLMServer([...]) as srv: OpenAI(base_url=srv.openai_base_url, ...)`."""
 
-    def __init__(self, responder: Responder | Sequence[FakeReply | str] | None = None, port: int = 0) -> None:
+    def __init__(self, responder: Responder | Sequence[FakeReply | str] | None = None, port: int = 0,
+                 api_key: str = "") -> None:
+        self.api_key = api_key            # like vLLM's --api-key: a request without it gets 401
         self.requests: list[dict] = []   # every POST, as {"path", "body", "headers" (lower-case names)}
         self._respond = _as_responder(responder)
         self._lock = threading.Lock()
@@ -251,7 +254,16 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:   # keep test output clean
         pass
 
+    def _authorized(self) -> bool:
+        key = self.server_fake.api_key
+        if not key or self.headers.get("authorization", "") == f"Bearer {key}":
+            return True
+        self._send_json(401, {"error": {"message": "Unauthorized"}})
+        return False
+
     def do_GET(self) -> None:
+        if not self._authorized():
+            return
         pages: dict[str, dict] = {"/health": {"status": "ok"},
                                   "/v1/models": {"object": "list", "data": [
                                       {"id": "fake", "object": "model", "created": 0, "owned_by": "fake"}]}}
@@ -259,6 +271,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200 if path in pages else 404, pages.get(path, {"error": {"message": "not found"}}))
 
     def do_POST(self) -> None:
+        if not self._authorized():
+            return
         path = self.path.split("?")[0]
         raw = self.rfile.read(int(self.headers.get("content-length") or 0))
         body = json.loads(raw or b"{}")
@@ -301,7 +315,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="0 = any free port (printed)")
     parser.add_argument("--replay", type=Path, default=None, help="replay JSONL to answer from (else echo)")
     args = parser.parse_args(argv)
-    server = FakeLLMServer(replay_responder(args.replay) if args.replay else None, port=args.port)
+    # like vLLM: VLLM_API_KEY in the environment makes every request need it
+    server = FakeLLMServer(replay_responder(args.replay) if args.replay else None, port=args.port,
+                           api_key=os.environ.get("VLLM_API_KEY", ""))
     print(f"listening on {server.base_url}", flush=True)
     try:
         server.serve_forever()
