@@ -225,3 +225,33 @@ def test_a_changed_snapshot_raises_an_alarm_and_stops_new_work(tmp_path: Path) -
     assert not daemon.state.candidates["late"].job_id, "no new work once the alarm is raised"
     restarted = Daemon(daemon.p)
     assert restarted.state.meta["alarm"] and not restarted.inputs_ok()
+
+
+def test_the_cluster_is_asked_once_per_poll_s_while_an_implementation_is_in_flight(tmp_path: Path) -> None:
+    """The tick runs every second for an implementation in flight; the job-state query keeps its own due time."""
+    from concurrent.futures import Future
+
+    from toolkit.scheduler import JobState
+
+    calls = []
+
+    class Running(StubCluster):
+        def states(self, job_ids):
+            calls.append(len(job_ids))
+            return {j: JobState("RUNNING", "running") for j in job_ids}
+
+    daemon = collector(tmp_path, ["a"])
+    daemon.p.cluster = Running(daemon.p.layout.jobs, daemon.p.cfg.cluster)
+    object.__setattr__(daemon.p.cfg.cluster, "poll_s", 10.0)
+    now = [daemon.clock()]
+    daemon.clock = lambda: now[0]
+    daemon.inflight["busy"] = Future()          # an implementation that takes its time
+    calls.clear()
+    sleeps = []
+    for _ in range(99):
+        sleeps.append(daemon.tick())
+        now[0] += sleeps[-1]
+    assert set(sleeps) == {1.0}                 # the fast tick, for the implementation
+    assert 9 <= len(calls) <= 11, len(calls)    # 99 s at poll_s 10: about ten queries, not 99
+    del daemon.inflight["busy"]
+    assert daemon.tick() == 10.0                # nothing in flight: the tick sleeps poll_s

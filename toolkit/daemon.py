@@ -55,6 +55,7 @@ class Daemon:
         self.just_submitted: set[str] = set()
         self.stopping: Any = lambda: False   # a budget hook: when true no new work starts, running work finishes
         self.inputs_checked_at = -1.0
+        self.cluster_due_at = 0.0   # when the collector may next ask the cluster for job states
         self.ignored: set[str] = set()
         self.pin_inputs()
 
@@ -266,8 +267,11 @@ class Daemon:
             self._note_duplicates(event["cid"])
         missing = [v for v in waiting if found[v.cid] is None and not v.status
                    and v.cid not in self.just_submitted]   # just submitted: queued, no need to ask SLURM
-        if not missing:
+        if not missing or self.clock() < self.cluster_due_at:
             return
+        # the cluster is asked at poll_s, whatever the tick rate: a fast tick for an implementation in flight
+        # (for hours, in a search) must not become one sacct a second, which sites rate-limit or ban
+        self.cluster_due_at = self.clock() + self.p.cfg.cluster.poll_s
         states = self.p.cluster.states([v.job_id for v in missing])
         for view in missing:
             self._follow(view, states[view.job_id])
