@@ -305,3 +305,28 @@ def test_config_errors_are_clear(monkeypatch: pytest.MonkeyPatch) -> None:
         make_client(LLMSettings(provider="anthropic", thinking_budget_tokens=3000, temperature=0.7))
     with pytest.raises(LLMConfigError, match="must exceed thinking_budget_tokens"):
         make_client(LLMSettings(provider="anthropic", thinking_budget_tokens=3000, max_tokens=3000))
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_the_servers_should_retry_header_wins_over_the_status(provider: str) -> None:
+    """As in the official SDKs: `x-should-retry: false` stops retries of a 429, `true` retries even a 400."""
+    no = FakeReply(status=429, text="quota gone", headers=(("x-should-retry", "false"),))
+    with FakeLLMServer(lambda request: no) as srv:
+        reply = ask(srv, provider, max_retries=5, backoff_s=0.001)
+    assert reply.status == "error" and reply.attempts == 1 and len(srv.requests) == 1
+    yes = FakeReply(status=400, text="try again", headers=(("x-should-retry", "true"),))
+    with FakeLLMServer([yes, "fine"]) as srv:
+        reply = ask(srv, provider, backoff_s=0.001)
+    assert (reply.status, reply.attempts) == ("ok", 2)
+
+
+def test_a_retry_after_given_as_an_http_date_is_honoured() -> None:
+    import email.utils
+    import time as _time
+
+    when = email.utils.formatdate(_time.time() + 2, usegmt=True)    # whole seconds: 1-2 s from now
+    limited = FakeReply(status=429, text="slow down", headers=(("retry-after", when),))
+    with FakeLLMServer([limited, "finally"]) as srv:
+        reply = ask(srv, "openai", backoff_s=0.001)
+    assert (reply.status, reply.text, reply.attempts) == ("ok", "finally", 2)
+    assert reply.wall_s >= 0.9, reply.wall_s     # waited for the date, not the 1 ms backoff

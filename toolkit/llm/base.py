@@ -6,6 +6,7 @@ exception. Config bugs (unknown provider, missing API key, conflicting settings)
 """
 from __future__ import annotations
 
+import email.utils
 import importlib
 import logging
 import os
@@ -114,9 +115,13 @@ class CallError(Exception):
 
 
 def http_error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> CallError:
-    """An HTTP error answer as a CallError. A status below 400 is an error event inside a 200 stream."""
+    """An HTTP error answer as a CallError. A status below 400 is an error event inside a 200 stream. The
+    server's `x-should-retry` header wins over the status, as in the official SDKs' own retry rules."""
+    headers = {k.lower(): v for k, v in (headers or {}).items()}
     retryable = status < 400 or status >= 500 or status in RETRYABLE_HTTP
-    return CallError(str(status), detail, retryable, retry_after_s(headers or {}))
+    should = str(headers.get("x-should-retry", "")).strip().lower()
+    retryable = {"true": True, "false": False}.get(should, retryable)
+    return CallError(str(status), detail, retryable, retry_after_s(headers))
 
 
 @contextmanager
@@ -136,12 +141,24 @@ def sdk_errors(sdk: Any, transport: Any, timeout_s: float) -> Iterator[None]:
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `retry-after` as seconds or as an HTTP date."""
+    headers = {k.lower(): v for k, v in headers.items()}
     for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
         try:
             return max(0.0, float(headers[name]) * scale)
         except (KeyError, TypeError, ValueError):
             continue
-    return None
+    return _http_date_s(headers.get("retry-after"))
+
+
+def _http_date_s(value: Any) -> float | None:
+    try:
+        when = email.utils.parsedate_to_datetime(str(value))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def error_detail(body: Any, fallback: str) -> str:

@@ -34,6 +34,7 @@ class FakeReply:
     retry_after_s: float | None = None   # sent as a Retry-After header
     truncate: bool = False               # half the text, finish_reason "length" / stop_reason "max_tokens"
     reasoning_tokens: int = 0            # hidden reasoning (OpenAI reasoning models): counted in usage, no text
+    headers: tuple[tuple[str, str], ...] = ()   # more headers on an error answer (x-should-retry, a dated Retry-After)
 
 
 Responder = Callable[[dict], FakeReply]
@@ -290,7 +291,7 @@ class _Handler(BaseHTTPRequestHandler):
         whole, stream = _ROUTES[path]
         if reply.status != 200:
             extra = {} if reply.retry_after_s is None else {"retry-after": f"{reply.retry_after_s:g}"}
-            return self._send_json(reply.status, _error_body(reply), extra)
+            return self._send_json(reply.status, _error_body(reply), {**extra, **dict(reply.headers)})
         if not body.get("stream"):
             return self._send_json(200, whole(body, reply))
         self.send_response(200)
