@@ -219,7 +219,6 @@ def test_a_changed_snapshot_raises_an_alarm_and_stops_new_work(tmp_path: Path) -
         fsio.atomic_write_json(paths.idea, to_json(Idea(idea_id=cid, text=cid)))
         fsio.atomic_write_json(paths.implement, to_json(ImplementOutcome(cid=cid, status="ready")))
         fsio.atomic_write_text(paths.ready, "")
-    daemon.clock = lambda: 1e12   # a new tick: the snapshot is checked again
     daemon.tick()
     assert "snapshot/code/eval.py" in daemon.state.meta["alarm"]
     assert not daemon.state.candidates["late"].job_id, "no new work once the alarm is raised"

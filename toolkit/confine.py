@@ -450,10 +450,10 @@ def _wait(proc: subprocess.Popen, timeout_s: float) -> int | None:
             os.close(fd)
 
 
-def reap_descendants(root: int | None = None) -> int:
-    """Kill every descendant of `root` (default: this process), found by ancestry; with this process as a
-    child subreaper, a double-forked or setsid'd process is still one. Returns how many were alive."""
-    root = os.getpid() if root is None else root
+def reap_descendants() -> int:
+    """Kill every descendant of this process, found by ancestry; with this process as a child subreaper, a
+    double-forked or setsid'd process is still one. Returns how many were alive."""
+    root = os.getpid()
     killed: set[int] = set()
     deadline = time.monotonic() + KILL_LOOP_S
     while time.monotonic() < deadline:

@@ -54,7 +54,6 @@ class Daemon:
         self.unresolved: set[str] = set()
         self.just_submitted: set[str] = set()
         self.stopping: Any = lambda: False   # a budget hook: when true no new work starts, running work finishes
-        self.inputs_checked_at = -1.0
         self.cluster_due_at = 0.0   # when the collector may next ask the cluster for job states
         self.ignored: set[str] = set()
         self.pin_inputs()
@@ -76,14 +75,14 @@ class Daemon:
             return
         self._raise_if_changed(pins.verify(pinned, self.input_trees()))
 
-    def inputs_ok(self) -> bool:
-        """No new work once an alarm is raised. The (small) snapshot is re-checked at most once a tick."""
-        if self.state.meta.get("alarm"):
-            return False
-        if self.inputs_checked_at != self.clock():
-            self.inputs_checked_at = self.clock()
+    def check_snapshot(self) -> None:
+        """Once a tick, before anything is implemented or submitted: the (small) snapshot against its pins."""
+        if not self.state.meta.get("alarm"):
             trees = {"snapshot": self.input_trees()["snapshot"]}
             self._raise_if_changed(pins.verify(self.state.meta.get("pins", {}), trees))
+
+    def inputs_ok(self) -> bool:
+        """No new work once an alarm is raised."""
         return not self.state.meta.get("alarm")
 
     def _raise_if_changed(self, changed: list[str]) -> None:
@@ -107,6 +106,7 @@ class Daemon:
     # ---- the tick --------------------------------------------------------------------------------------
     def tick(self) -> float:
         self.just_submitted: set[str] = set()
+        self.check_snapshot()
         self.harvest_implemented()
         self.start_implementations()
         self.schedule()

@@ -186,6 +186,12 @@ def hash_files(code_dir: Path, rel_paths: list[str]) -> dict[str, str]:
     return {p: file_sha256(code_dir / p) if (code_dir / p).is_file() else "missing" for p in rel_paths}
 
 
+def strip_hidden(code_dir: Path, hidden: tuple[str, ...] | list[str]) -> None:
+    """Hidden files (the eval) never sit in a directory candidate code can read."""
+    for rel in locked_files(code_dir, hidden):
+        (code_dir / rel).unlink(missing_ok=True)
+
+
 def tree_sha256(code_dir: Path) -> str:
     """One hash over every file's path and content: the code hash recorded with each result."""
     h = hashlib.sha256()

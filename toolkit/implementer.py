@@ -17,7 +17,7 @@ from pathlib import Path
 
 from toolkit import confine, fsio, jobenv
 from toolkit.config import ImplementConfig
-from toolkit.envs import EnvSpec, is_locked, list_files, locked_files
+from toolkit.envs import EnvSpec, is_locked, list_files, strip_hidden
 from toolkit.layout import CandidatePaths
 from toolkit.llm.base import ChatRequest, LLMClient, LLMReply
 from toolkit.patching import PatchOutcome, apply_patch
@@ -241,8 +241,7 @@ def _quick_check_now(code_dir: Path, spec: EnvSpec, timeout_s: float, data_dir: 
     with tempfile.TemporaryDirectory(prefix="toolkit-preflight-") as tmp:
         work, scratch = Path(tmp) / "code", Path(tmp) / "scratch"
         shutil.copytree(code_dir, work, symlinks=True)
-        for rel in locked_files(work, spec.hidden):
-            (work / rel).unlink(missing_ok=True)
+        strip_hidden(work, spec.hidden)
         scratch.mkdir()
         env = {**jobenv.job_environ(), **{k: str(v) for k, v in spec.env_vars.items()},
                "TOOLKIT_QUICK_CHECK": "1", "TOOLKIT_SCRATCH": str(scratch), "TOOLKIT_SMOKE": "1",

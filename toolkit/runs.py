@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-
-import subprocess
-import sys
 
 from toolkit import confine, fsio, jobenv, pins
 from toolkit.config import RunConfig, from_dict, load_yaml, to_dict

@@ -50,7 +50,7 @@ class ChildError(RuntimeError):
 
 def scorer_context() -> dict[str, str]:
     """What the worker tells a scorer (environment variables; set by `toolkit.worker` for the eval step)."""
-    keys = ("TOOLKIT_CODE_DIR", "TOOLKIT_SCRATCH", "TOOLKIT_SANDBOX", "TOOLKIT_CONTROL_DIR")
+    keys = ("TOOLKIT_CODE_DIR", "TOOLKIT_SCRATCH", "TOOLKIT_SANDBOX")
     return {k: os.environ.get(k, "") for k in keys}
 
 
@@ -65,7 +65,6 @@ class ModelChild:
         self.base = Path(scratch or ctx["TOOLKIT_SCRATCH"] or tempfile.gettempdir())
         self.loader, self.call_timeout_s = loader, call_timeout_s
         self.proc: subprocess.Popen | None = None
-        self.calls = 0
 
     # ---- lifecycle ----
     def __enter__(self) -> "ModelChild":
@@ -135,7 +134,6 @@ class ModelChild:
         x = x.detach().to("cpu").contiguous()
         self._send({"op": "forward", "dtype": str(x.dtype).replace("torch.", ""), "shape": list(x.shape)},
                    x.numpy().tobytes())
-        self.calls += 1
         out = self._reply()
         return out.float() if as_float else out
 
@@ -144,7 +142,7 @@ class ModelChild:
         try:
             _write_all(self.to_child, data, self.call_timeout_s)
         except (OSError, TimeoutError) as exc:
-            raise ChildError(f"model child stopped reading its requests ({exc!r}){self._stderr_hint()}") from exc
+            raise ChildError(f"model child stopped reading its requests ({exc!r})") from exc
 
     def _reply(self) -> torch.Tensor:
         reader = _Reader(self.from_child, time.monotonic() + self.call_timeout_s)
@@ -152,14 +150,11 @@ class ModelChild:
         try:
             header = json.loads(line)
         except ValueError as exc:
-            raise ChildError(f"model child answered out of protocol{self._stderr_hint()}") from exc
+            raise ChildError("model child answered out of protocol") from exc
         if not isinstance(header, dict) or not header.get("ok"):
             error = header.get("error", "") if isinstance(header, dict) else ""
             raise ChildError(f"model child failed: {str(error)[-1500:]}")
         return _tensor(header, reader, self.shm)
-
-    def _stderr_hint(self) -> str:
-        return ""
 
 
 F_SETPIPE_SZ = 1031

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import confine, fsio, jobenv, pins
-from toolkit.envs import EnvSpec, compute_reward, data_dirs, hash_files, is_locked, load_env, locked_files, tree_sha256
+from toolkit.envs import (EnvSpec, compute_reward, data_dirs, hash_files, is_locked, load_env, locked_files,
+                          strip_hidden, tree_sha256)
 from toolkit.layout import CandidatePaths
 from toolkit.records import Result, to_json
 
@@ -143,7 +144,7 @@ def execute(task: WorkerTask, paths: CandidatePaths) -> Result:
     problem = _pin_problem(task, spec, ("snapshot", "data", "hidden"))
     if problem:
         return _alarm(paths, problem, pristine)
-    strip_hidden(paths.code, spec)
+    strip_hidden(paths.code, spec.hidden)
     changed = _changed(pristine, hash_files(paths.code, locked))
     if changed:
         return _invalid(paths, f"locked file(s) differ from the pristine copy before the run: {changed}", pristine)
@@ -218,12 +219,6 @@ def run_launched(policy: confine.Policy, argv: list[str], cwd: Path, env: dict[s
     report = confine.read_report(launch.report)
     code = None if report.returncode is None or step.returncode is None else report.returncode
     return replace(step, returncode=code, leftovers=report.leftovers, error=report.error, sandbox=report.mechanism)
-
-
-def strip_hidden(code_dir: Path, spec: EnvSpec) -> None:
-    """Hidden files (the eval) never sit in a directory candidate code can read."""
-    for rel in locked_files(code_dir, spec.hidden):
-        (code_dir / rel).unlink(missing_ok=True)
 
 
 def _pin_problem(task: WorkerTask, spec: EnvSpec, trees: tuple[str, ...]) -> str:
