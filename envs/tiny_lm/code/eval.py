@@ -39,7 +39,6 @@ import json
 import math
 import os
 import stat
-import sys
 
 import torch
 from torch.nn import functional as F
