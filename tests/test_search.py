@@ -29,6 +29,9 @@ def test_exploit_explore_split(n: int, expected: list) -> None:
 
 
 def search_config(tmp_path: Path, base_url: str, cluster: str = "local", **search) -> SearchRunConfig:
+    """Certification and duplicate detection off unless asked for (test_certify.py and test_dedup.py test
+    them): these tests count submissions, and the toy ideas repeat their learning rates on purpose."""
+    search = {"certify": {"enabled": False}, "dedup": {"method": "off"}, **search}
     env = copy_env(tmp_path / "env")
     llm = {"provider": "openai-compatible", "model": "fake", "base_url": base_url + "/v1", "backoff_s": 0.01}
     return from_dict(SearchRunConfig, {

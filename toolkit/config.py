@@ -95,6 +95,54 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class CertifyConfig:
+    """Certified results: the baseline's noise floor from several seeds, and fresh-seed re-runs of the best
+    screened candidates, judged by a one-sided Welch t-test against baseline re-runs in the same array."""
+    enabled: bool = True
+    noise_floor_seeds: int = 3         # baseline runs at the start, the screening run included (1 = no floor)
+    top_k: int = 5                     # best screened candidates, not yet tested, re-run per round
+    seeds: int = 3                     # fresh-seed re-runs per candidate
+    baseline_seeds: int = 3            # baseline re-runs interleaved with each round's (cancel node/time drift)
+    alpha: float = 0.01                # one-sided significance level per candidate
+    min_effect: float = 0.0            # metric units: the re-runs must beat the baseline's mean by at least this
+    every_epoch: bool = True           # a round after every epoch (else only after the last one)
+    budget_share: float = 0.3          # at most this share of the search's GPU-hours (task-hours on CPU)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 0.5:
+            raise ConfigError(f"search.certify.alpha={self.alpha} must be in (0, 0.5)")
+        if self.seeds < 2 or self.baseline_seeds < 2:
+            raise ConfigError("search.certify.seeds and baseline_seeds must be at least 2 (a t-test needs a spread)")
+        if self.noise_floor_seeds < 1 or self.top_k < 0 or self.min_effect < 0:
+            raise ConfigError("search.certify: noise_floor_seeds >= 1, top_k >= 0 and min_effect >= 0")
+        if not 0 < self.budget_share < 1:
+            raise ConfigError(f"search.certify.budget_share={self.budget_share} must be in (0, 1)")
+
+
+DEDUP_METHODS = ("text", "embedding", "off")
+DEDUP_POLICIES = ("skip", "run")
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """Near-duplicate ideas, caught before they are implemented (toolkit/dedup.py)."""
+    method: str = "text"               # text (no network) | embedding (an OpenAI-compatible endpoint) | off
+    policy: str = "skip"               # skip (link to the original's result) | run (flag it, run it anyway)
+    threshold: float = 0.0             # 0 = the method's default (chosen for precision)
+    embedding_model: str = ""          # embedding: the model name
+    base_url: str = ""                 # embedding: the endpoint ("" = api.openai.com)
+    api_key_env: str = "OPENAI_API_KEY"
+
+    def __post_init__(self) -> None:
+        if self.method not in DEDUP_METHODS:
+            raise ConfigError(f"search.dedup.method={self.method!r} is not one of {', '.join(DEDUP_METHODS)}")
+        if self.policy not in DEDUP_POLICIES:
+            raise ConfigError(f"search.dedup.policy={self.policy!r} is not one of {', '.join(DEDUP_POLICIES)}")
+        if self.method == "embedding" and not self.embedding_model:
+            raise ConfigError("search.dedup.method=embedding needs search.dedup.embedding_model")
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     strategy: str = "evolve"           # evolve (exploit/explore from results) | best_of_n (fresh ideas only)
     epochs: int = 10
@@ -110,6 +158,8 @@ class SearchConfig:
     run_baseline: bool = True          # run the unchanged codebase once, so "beats the baseline" is measured
     max_ideation_failures: int = 5     # failed ideation calls per epoch before the epoch goes on with fewer ideas
     seed: int = 0
+    certify: CertifyConfig = field(default_factory=CertifyConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

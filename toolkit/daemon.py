@@ -23,7 +23,7 @@ from toolkit.layout import RunLayout
 from toolkit.llm.base import SpendMeter
 from toolkit.records import Idea, from_json, result_event, to_json
 from toolkit.scheduler import Cluster
-from toolkit.state import CandidateView, EventLog
+from toolkit.state import CandidateView, EventLog, is_replica
 from toolkit.worker import WorkerTask
 
 FAST_TICK_S = 1.0
@@ -46,6 +46,7 @@ class Daemon:
         self.log = EventLog(parts.layout)
         self.clock = clock
         self.candidates_dir = str(parts.layout.candidates)
+        self.replicas_dir = str(parts.layout.replicas)
         self.pool = ThreadPoolExecutor(max_workers=parts.cfg.implement.workers, thread_name_prefix="implement")
         self.inflight: dict[str, Future] = {}
         self.finished_seen: dict[str, float] = {}
@@ -98,6 +99,8 @@ class Daemon:
     def add_ideas(self, ideas: list[Idea]) -> None:
         """Register ideas once (a restart with the same input adds nothing)."""
         for idea in ideas:
+            if is_replica(idea.idea_id):
+                raise ValueError(f"idea id {idea.idea_id!r}: '~' marks replica runs and may not be in an idea id")
             if idea.idea_id not in self.state.candidates:
                 fsio.atomic_write_json(self.p.layout.idea(idea.idea_id), to_json(idea))
                 self.log.emit("idea", idea_id=idea.idea_id, text=idea.text, epoch=idea.epoch, origin=idea.origin,
@@ -116,8 +119,8 @@ class Daemon:
         return FAST_TICK_S if self.inflight else self.p.cfg.cluster.poll_s
 
     def done(self) -> bool:
-        views = self.state.candidates.values()
-        return all(v.terminal for v in views) and not self.inflight
+        """Every candidate and replica has its outcome, and no implementation is in flight."""
+        return all(v.terminal for v in self.state.runs()) and not self.inflight
 
     def pending_jobs(self) -> list[CandidateView]:
         return self._views(lambda v: bool(v.job_id) and not v.status)
@@ -223,10 +226,10 @@ class Daemon:
             intent = self.state.meta["intents"][name]
             found = self.p.cluster.find_jobs(name)
             if len(found) == len(intent["cids"]):
-                pairs = [(c, j) for c, j in zip(intent["cids"], found) if not self.state.candidates[c].job_id]
+                pairs = [(c, j) for c, j in zip(intent["cids"], found) if not self.state.view(c).job_id]
                 self._record_submitted([c for c, _ in pairs], [j for _, j in pairs], intent["attempt"])
         for view in views:
-            if not self.state.candidates[view.cid].job_id:
+            if not self.state.view(view.cid).job_id:
                 left.append(view)
         return left
 
@@ -250,7 +253,8 @@ class Daemon:
     def _task(self, cid: str, attempt: int) -> WorkerTask:
         return WorkerTask(cand_dir=str(self.p.layout.candidate(cid).root), env_dir=str(self.p.layout.env_dir),
                           smoke=self.p.cfg.smoke, data_dir=self.p.cfg.data_dir, attempt=attempt,
-                          sandbox=self.p.cfg.sandbox, pins=self.state.meta.get("pins"))
+                          sandbox=self.p.cfg.sandbox, pins=self.state.meta.get("pins"),
+                          seed=self.state.view(cid).seed)
 
     # ---- collect ---------------------------------------------------------------------------------------
     def collect(self) -> None:
@@ -279,7 +283,7 @@ class Daemon:
     def _read_result(self, view: CandidateView) -> dict[str, Any] | None:
         """The result event of result.json; None while there is none, {} to look again next tick.
         A late result replaces a `lost` verdict. Plain string paths: a restart may read thousands."""
-        path = os.path.join(self.candidates_dir, view.cid, "result.json")
+        path = os.path.join(self._run_dir(view.cid), "result.json")
         if not os.path.exists(path):
             return None
         try:
@@ -293,7 +297,7 @@ class Daemon:
 
     def _note_duplicates(self, cid: str) -> None:
         try:
-            names = os.listdir(os.path.join(self.candidates_dir, cid))
+            names = os.listdir(self._run_dir(cid))
         except OSError:  # the directory went away after its result was read: nothing more to note
             return
         extra = sorted(n for n in names if n.startswith("result.dup-") and n.endswith(".json"))
@@ -333,8 +337,13 @@ class Daemon:
         if abs(self.p.meter.spent_usd - self.state.llm_spend_usd) > 1e-9:
             self.log.emit("llm_spend", spent_usd=self.p.meter.spent_usd, calls=self.p.meter.calls)
 
+    def _run_dir(self, run_id: str) -> str:
+        """Plain string paths: a restart may look at thousands."""
+        return os.path.join(self.replicas_dir if is_replica(run_id) else self.candidates_dir, run_id)
+
     def _views(self, keep: Any) -> list[CandidateView]:
-        return [v for v in self.state.candidates.values() if keep(v)]
+        """Candidates and replicas alike: both are jobs, submitted, collected and retried the same way."""
+        return [v for v in self.state.runs() if keep(v)]
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

@@ -8,7 +8,9 @@ from rich.text import Text
 from toolkit.state import CandidateView, RunState
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "timeout": "yellow", "invalid": "magenta", "lost": "red",
-                "ready": "green", "implementing": "cyan", "queued": "cyan", "running": "blue"}
+                "ready": "green", "implementing": "cyan", "queued": "cyan", "running": "blue",
+                "certified": "bold green", "not significant": "yellow", "unreproducible": "red",
+                "duplicate": "dim"}
 IDEA_CHARS = 60
 
 
@@ -26,16 +28,17 @@ def candidates_table(state: RunState, limit: int = 40) -> Table:
         table.add_column(column, overflow="fold" if column == "idea" else "ellipsis")
     views = sorted(state.candidates.values(), key=lambda v: v.cid)
     for v in views[-limit:]:
-        table.add_row(v.cid, _short(v.idea), _styled(v.implement_status or "pending"), _job(v), _styled(v.status),
-                      _fmt(v.metric), _fmt(v.reward))
+        table.add_row(Text(v.cid), _short(v.idea), _styled(v.implement_status or "pending"), _job(v),
+                      _styled(v.status), _fmt(v.metric), _fmt(v.reward))
     if len(views) > limit:
         table.caption = f"showing the last {limit} of {len(views)}"
     return table
 
 
-def _short(text: str) -> str:
+def _short(text: str) -> Text:
+    """Plain text, never Rich markup: an idea (LLM output) may hold "[...]" or "[/]"."""
     line = " ".join(text.split())
-    return line if len(line) <= IDEA_CHARS else line[: IDEA_CHARS - 1] + "…"
+    return Text(line if len(line) <= IDEA_CHARS else line[: IDEA_CHARS - 1] + "…")
 
 
 def _job(v: CandidateView) -> Text:
@@ -51,6 +54,9 @@ def summary(state: RunState) -> Text:
     parts.append("execution rate " + ("-" if rate is None else f"{rate:.0%}"))
     parts.append(f"LLM ${state.llm_spend_usd:.2f}")
     parts.append(f"GPU-h {state.gpu_hours:.2f}")
+    if state.replicas:
+        done = sum(1 for v in state.replicas.values() if v.status)
+        parts.append(f"re-runs {done}/{len(state.replicas)}")
     return Text(" | ".join(parts))
 
 
@@ -70,13 +76,43 @@ def execute_view(state: RunState) -> Group:
 
 # ---- the search view (toolkit evolve / toolkit status) ------------------------------------------------------
 def top_table(state: RunState, n: int = 5) -> Table:
-    table = Table(title=f"top {n}")
-    for column in ("id", "epoch", "reward", "metric", "idea"):
+    table = Table(title=f"top {n} screened")
+    for column in ("id", "epoch", "reward", "metric", "verdict", "idea"):
         table.add_column(column, overflow="fold" if column == "idea" else "ellipsis")
     ok = sorted((v for v in state.candidates.values() if v.status == "ok" and v.reward is not None),
                 key=lambda v: v.reward, reverse=True)
     for v in ok[:n]:
-        table.add_row(v.cid, str(v.epoch), _fmt(v.reward), _fmt(v.metric), _short(v.idea))
+        table.add_row(Text(v.cid), str(v.epoch), _fmt(v.reward), _fmt(v.metric), _verdict(v), _short(v.idea))
+    return table
+
+
+def _verdict(v: CandidateView) -> Text:
+    if v.verdict:
+        return _styled(v.verdict)
+    return Text("re-running", style="cyan") if v.cert_round >= 0 else Text("")
+
+
+def floor_line(state: RunState) -> Text:
+    floor = state.meta.get("floor")
+    if not floor:
+        return Text("")
+    text = Text(f"baseline noise floor: {floor['mean']:.4f} ± {floor['sd']:.4f} (sd over {floor['n']} seeds)")
+    if floor.get("seed_ignored"):
+        text.append("  every seed gave the same metric: the environment ignores TOOLKIT_SEED", style="bold yellow")
+    return text
+
+
+def certification_table(state: RunState) -> Table:
+    """Every candidate sent for fresh-seed re-runs: screening result, re-runs' mean and 95% CI, verdict."""
+    table = Table(title="certification (fresh-seed re-runs vs interleaved baseline re-runs)", caption=floor_line(state))
+    for column in ("id", "screened", "re-runs mean [95% CI]", "n", "p", "verdict", "idea"):
+        table.add_column(column, overflow="fold" if column == "idea" else "ellipsis")
+    tested = sorted((v for v in state.candidates.values() if v.cert_round >= 0),
+                    key=lambda v: (v.verdict != "certified", v.cert_metric is None, v.cid))
+    for v in tested:
+        interval = "" if v.cert_metric is None else f"{v.cert_metric:.4f} [{_fmt(v.cert_low)}, {_fmt(v.cert_high)}]"
+        table.add_row(Text(v.cid), _fmt(v.metric), interval, str(v.cert_n or ""), _fmt(v.p_value, 3),
+                      _verdict(v), _short(v.idea))
     return table
 
 
@@ -100,8 +136,12 @@ def headline(state: RunState) -> Text:
     base = state.candidates.get("baseline")
     best = max((v for v in state.candidates.values() if v.status == "ok" and v.reward is not None and v.cid != "baseline"),
                key=lambda v: v.reward, default=None)
+    certified = max((v for v in state.candidates.values() if v.verdict == "certified" and v.cert_reward is not None),
+                    key=lambda v: v.cert_reward, default=None)  # type: ignore[arg-type, return-value]
     parts = [f"baseline reward {_fmt(base.reward) if base and base.reward is not None else '-'}",
-             f"best {_fmt(best.reward) if best else '-'}" + (f" ({best.cid}: {_short(best.idea)})" if best else "")]
+             f"best screened {_fmt(best.reward) if best else '-'}" + (f" ({best.cid})" if best else ""),
+             f"best certified {_fmt(certified.cert_reward) if certified else '-'}"
+             + (f" ({certified.cid}, mean of {certified.cert_n} re-runs)" if certified else "")]
     if meta.get("stopping"):
         parts.append(f"stopping new work: {meta['stopping']}")
     if meta.get("finished"):
@@ -117,5 +157,7 @@ def banner(state: RunState) -> Text:
 
 
 def search_view(state: RunState, now: float | None = None) -> Group:
-    return Group(banner(state), epoch_progress(state), summary(state), headline(state), top_table(state),
-                 candidates_table(state, limit=15))
+    parts = [banner(state), epoch_progress(state), summary(state), headline(state), top_table(state)]
+    if state.meta.get("floor") or state.meta.get("rounds"):
+        parts.append(certification_table(state))
+    return Group(*parts, candidates_table(state, limit=15))

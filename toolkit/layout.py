@@ -14,6 +14,8 @@ runs/<name>/
   candidates/<cid>/job.json      submission record (job id, array task), written by the scheduler
   candidates/<cid>/result.json   written by the worker, atomically, once per attempt
   candidates/<cid>/worker.log    run + eval output
+  replicas/<cid>~s<seed>/        a re-run of a candidate (or the baseline) with a fresh seed: the same
+                                 files as a candidate, its code rebuilt from the snapshot + patch.diff
   jobs/                          submitit folders (%A_%a)
   state/events.jsonl             append-only event log: the daemon rebuilds its state from it
   state/llm_calls.jsonl          one line per LLM call (tokens, cost, status)
@@ -102,7 +104,12 @@ class RunLayout:
         return self.root / "candidates"
 
     def candidate(self, cid: str) -> CandidatePaths:
-        return CandidatePaths(self.candidates / cid)
+        """A candidate's paths, or a replica's (ids with "~": noise-floor and certification re-runs)."""
+        return CandidatePaths((self.replicas if "~" in cid else self.candidates) / cid)
+
+    @property
+    def replicas(self) -> Path:
+        return self.root / "replicas"
 
     def candidate_ids(self) -> list[str]:
         if not self.candidates.is_dir():
@@ -127,5 +134,5 @@ class RunLayout:
         return self.state / "llm_calls.jsonl"
 
     def make(self) -> None:
-        for folder in (self.ideas, self.candidates, self.jobs, self.state):
+        for folder in (self.ideas, self.candidates, self.replicas, self.jobs, self.state):
             folder.mkdir(parents=True, exist_ok=True)

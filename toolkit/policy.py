@@ -53,18 +53,24 @@ def remaining_calls(plan: list[Call], done: dict[str, int]) -> list[Call]:
     return out
 
 
-def baseline_reward(views: dict[str, CandidateView]) -> float | None:
+def baseline_reward(views: dict[str, CandidateView], floor: dict | None = None) -> float | None:
+    """The baseline's mean reward over its noise-floor seeds where measured, else its screening reward."""
+    if floor and floor.get("mean_reward") is not None:
+        return float(floor["mean_reward"])
     base = views.get(BASELINE_ID)
     return base.reward if base is not None and base.status == "ok" else None
 
 
-def exemplars(views: dict[str, CandidateView], limit: int, before_epoch: int) -> list[CandidateView]:
+def exemplars(views: dict[str, CandidateView], limit: int, before_epoch: int,
+              floor: dict | None = None) -> list[CandidateView]:
     """Ideas of earlier epochs that beat the measured baseline, best first (all ok ideas when no baseline
-    was run). Only earlier epochs: the prompt must not depend on when this epoch's results arrive."""
-    bar = baseline_reward(views)
-    good = [v for v in views.values() if v.cid != BASELINE_ID and v.status == "ok" and v.reward is not None
-            and v.epoch < before_epoch and (bar is None or v.reward > bar)]
-    return sorted(good, key=lambda v: v.reward, reverse=True)[:limit]
+    was run), ranked by their re-runs' mean where they were re-run (`ranking_reward`): a lucky seed stops
+    steering the search once its re-runs are in. Only earlier epochs: the prompt must not depend on when
+    this epoch's results arrive."""
+    bar = baseline_reward(views, floor)
+    good = [v for v in views.values() if v.cid != BASELINE_ID and v.status == "ok" and v.ranking_reward is not None
+            and v.epoch < before_epoch and (bar is None or v.ranking_reward > bar)]
+    return sorted(good, key=lambda v: v.ranking_reward, reverse=True)[:limit]  # type: ignore[arg-type, return-value]
 
 
 def explore_sample(views: dict[str, CandidateView], limit: int, seed: int, before_epoch: int) -> list[CandidateView]:
@@ -76,6 +82,11 @@ def explore_sample(views: dict[str, CandidateView], limit: int, seed: int, befor
 
 
 def outcome_line(view: CandidateView) -> str:
+    if view.status == "ok" and view.cert_reward is not None:
+        return (f"mean reward {view.cert_reward:.4f} over {view.cert_n} re-runs with fresh seeds, {view.verdict}; "
+                f"first run {view.reward:.4f}")
+    if view.status == "ok" and view.verdict:
+        return f"reward {view.reward:.4f} in one run; re-runs {view.verdict}"
     if view.status == "ok":
         return f"reward {view.reward:.4f}"
     if view.status:

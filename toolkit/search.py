@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from toolkit import fsio
+from toolkit.certify import Certifier
 from toolkit.config import SearchRunConfig, to_dict
 from toolkit.daemon import Daemon, Parts
 from toolkit.ideator import Ideator, Proposal
@@ -42,6 +43,7 @@ class SearchDaemon(Daemon):
         self.ideation_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ideate")
         self.stopping = self.budget_reason
         self.wandb = make_logger(self.cfg.wandb, parts.layout.root, to_dict(self.cfg))
+        self.certifier = Certifier(self.cfg, parts.spec, parts.layout, self.log)
 
     # ---- the tick --------------------------------------------------------------------------------------
     def tick(self) -> float:
@@ -51,7 +53,9 @@ class SearchDaemon(Daemon):
         self.check_budget()
         if not self.budget_reason():
             self.ideate()
+        self.certifier.build_dirs()
         sleep_s = super().tick()
+        self.certifier.judge_rounds()
         self.maybe_end_epoch()
         self.log_wandb()
         return 1.0 if self.ideation is not None else sleep_s
@@ -70,6 +74,7 @@ class SearchDaemon(Daemon):
         self.log.emit("search_started", search=self.search.__dict__, replay=self._replaying())
         if self.search.run_baseline:
             self.drop_baseline()
+            self.certifier.plan_floor()
         self.begin_epoch(0)
 
     def _replaying(self) -> bool:
@@ -95,7 +100,7 @@ class SearchDaemon(Daemon):
 
     # ---- epochs ----------------------------------------------------------------------------------------
     def begin_epoch(self, epoch: int) -> None:
-        have = bool(exemplars(self.state.candidates, 1, epoch))
+        have = bool(exemplars(self.state.candidates, 1, epoch, self.state.meta.get("floor")))
         plan = [[c.mode, c.count] for c in epoch_calls(self.search, epoch, have)]
         self.log.emit("epoch_started", epoch=epoch, plan=plan)
 
@@ -128,10 +133,16 @@ class SearchDaemon(Daemon):
             return
         self.log.emit("epoch_ended", epoch=self.epoch, reason="complete" if complete else "deadline",
                       outstanding=sum(1 for v in views if not v.terminal))
+        last = self.epoch + 1 >= self.search.epochs or bool(self.budget_reason())
+        self.certifier.after_epoch(self.epoch, last)
         if self.epoch + 1 < self.search.epochs and not self.budget_reason():
             self.begin_epoch(self.epoch + 1)
         elif self.done():
             self.finish("all epochs done")
+
+    def done(self) -> bool:
+        """Every run has its outcome and every certification round its verdicts."""
+        return super().done() and not self.certifier.busy()
 
     def finish(self, reason: str) -> None:
         self.log.emit("search_finished", reason=reason)
@@ -162,13 +173,13 @@ class SearchDaemon(Daemon):
     def _context(self, call: Call) -> dict[str, Any]:
         views = self.state.candidates
         if call.mode == "exploit":
-            shown = exemplars(views, self.search.exploit_exemplars, self.epoch)
+            shown = exemplars(views, self.search.exploit_exemplars, self.epoch, self.state.meta.get("floor"))
         elif call.mode == "explore":
             shown = explore_sample(views, self.search.explore_samples, self.search.seed * 1000 + self.epoch, self.epoch)
         else:
             shown = []
         avoid = [v.idea for v in self.epoch_views(self.epoch) if v.cid != BASELINE_ID]
-        return dict(exemplars=shown, avoid=avoid, baseline=baseline_reward(views))
+        return dict(exemplars=shown, avoid=avoid, baseline=baseline_reward(views, self.state.meta.get("floor")))
 
     def _ideate_call(self, epoch: int, call: Call, context: dict[str, Any]) -> None:
         tag = f"e{epoch}:{len(context['avoid'])}"

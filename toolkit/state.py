@@ -15,8 +15,14 @@ from toolkit import fsio
 from toolkit.layout import RunLayout
 
 # Stages a candidate passes through, in order; the dashboard counts them.
-STAGES = ("proposed", "implementing", "applied", "refused", "impl_failed", "queued", "running",
+STAGES = ("proposed", "duplicate", "implementing", "applied", "refused", "impl_failed", "queued", "running",
           "ok", "failed", "timeout", "invalid", "lost")
+VERDICTS = ("certified", "not significant", "unreproducible")
+REPLICA_MARK = "~"                     # replica run ids: <cid>~s<seed> (never a candidate id: see add_ideas)
+
+
+def is_replica(run_id: str) -> bool:
+    return REPLICA_MARK in run_id
 
 
 @dataclass(frozen=True)
@@ -44,11 +50,30 @@ class CandidateView:
     finished_at: float = 0.0
     intent: str = ""                   # job name of a submission that was started (crash-safe re-attach)
     thinking_tokens: int = 0           # the ideator's thinking behind the idea (records.Idea)
+    seed: int = -1                     # TOOLKIT_SEED of the run; -1 = the codebase's own (screening runs)
+    duplicate_of: str = ""             # a near-duplicate of this earlier idea (toolkit/dedup.py)
+    duplicate_score: float = 0.0
+    # replicas (noise floor, certification re-runs) only
+    parent: str = ""                   # the candidate re-run
+    purpose: str = ""                  # floor | certify
+    round: int = -1                    # the certification round
+    # certification of a candidate, from its fresh-seed re-runs (toolkit/certify.py)
+    verdict: str = ""                  # "" (not tested) | certified | not significant | unreproducible
+    verdict_reason: str = ""
+    cert_round: int = -1
+    cert_n: int = 0                    # re-runs that ended ok
+    cert_metric: float | None = None   # mean metric of the re-runs
+    cert_low: float | None = None      # 95% confidence interval of that mean
+    cert_high: float | None = None
+    cert_reward: float | None = None   # mean reward of the re-runs
+    p_value: float | None = None       # one-sided Welch t-test against the round's baseline re-runs
 
     @property
     def stage(self) -> str:
         if self.status:
             return self.status
+        if self.implement_status == "duplicate":
+            return "duplicate"
         if self.job_id:
             return "running" if self.job_phase == "running" else "queued"
         return {"ready": "applied", "invalid": "refused", "failed": "impl_failed",
@@ -56,12 +81,19 @@ class CandidateView:
 
     @property
     def terminal(self) -> bool:
-        return bool(self.status) or self.implement_status in ("failed", "invalid")
+        return bool(self.status) or self.implement_status in ("failed", "invalid", "duplicate")
+
+    @property
+    def ranking_reward(self) -> float | None:
+        """The re-runs' mean reward where the candidate was re-run, else its screening reward: one lucky
+        seed must not keep steering the search."""
+        return self.cert_reward if self.cert_reward is not None else self.reward
 
 
 @dataclass
 class RunState:
     candidates: dict[str, CandidateView] = field(default_factory=dict)
+    replicas: dict[str, CandidateView] = field(default_factory=dict)   # noise-floor and certification runs
     meta: dict[str, Any] = field(default_factory=dict)
     llm_spend_usd: float = 0.0
     gpu_hours: float = 0.0
@@ -74,8 +106,17 @@ class RunState:
             handler(self, event)
 
     def update(self, cid: str, **changes: Any) -> None:
-        view = self.candidates.get(cid)
-        self.candidates[cid] = _evolve(view, changes) if view else CandidateView(cid=cid, **changes)
+        views = self.replicas if is_replica(cid) else self.candidates
+        view = views.get(cid)
+        views[cid] = _evolve(view, changes) if view else CandidateView(cid=cid, **changes)
+
+    def view(self, run_id: str) -> CandidateView | None:
+        """A candidate or a replica, by its id."""
+        return (self.replicas if is_replica(run_id) else self.candidates).get(run_id)
+
+    def runs(self) -> list[CandidateView]:
+        """Everything that is (or will be) a job: candidates and replicas."""
+        return [*self.candidates.values(), *self.replicas.values()]
 
     def table(self) -> "pd.DataFrame":
         import pandas as pd  # imported here: the daemon's start-up (and resume) should not pay for it
@@ -91,7 +132,7 @@ class RunState:
 
     def execution_rate(self) -> float | None:
         """Share of ideas that ran and returned a valid, non-zero result (the paper's definition)."""
-        done = [c for c in self.candidates.values() if c.terminal]
+        done = [c for c in self.candidates.values() if c.terminal and c.implement_status != "duplicate"]
         if not done:
             return None
         return sum(1 for c in done if c.status == "ok" and c.reward) / len(done)
@@ -145,11 +186,50 @@ def _on_job_state(state: RunState, e: dict[str, Any]) -> None:
 
 
 def _on_result(state: RunState, e: dict[str, Any]) -> None:
-    view = state.candidates.get(e["cid"], CandidateView(cid=e["cid"]))
+    view = state.view(e["cid"]) or CandidateView(cid=e["cid"])
     state.gpu_hours += view.gpus * e.get("wall_s", 0.0) / 3600
     state.update(e["cid"], status=e["status"], reason=e.get("reason", ""), metric=e.get("metric"),
                  reward=e.get("reward"), wall_s=e.get("wall_s", 0.0), node=e.get("node", ""),
                  job_phase="finished", finished_at=e.get("t", 0.0))
+
+
+def _on_duplicate(state: RunState, e: dict[str, Any]) -> None:
+    status = "duplicate" if e.get("policy", "skip") == "skip" else ""
+    changes = dict(duplicate_of=e["original"], duplicate_score=e.get("score", 0.0))
+    state.update(e["cid"], **changes, **({"implement_status": status} if status else {}))
+
+
+def _on_replicas_planned(state: RunState, e: dict[str, Any]) -> None:
+    """A noise floor or a certification round: its replicas exist (as ready runs) from this event on."""
+    for run in e["runs"]:
+        parent = state.candidates.get(run["parent"])
+        state.update(run["rid"], idea=parent.idea if parent else "", epoch=e.get("epoch", 0), origin="replica",
+                     implement_status="ready", seed=run["seed"], parent=run["parent"], purpose=e["purpose"],
+                     round=e.get("round", -1))
+    if e["purpose"] == "certify":
+        state.meta.setdefault("rounds", {})[str(e["round"])] = {"cids": e["cids"], "epoch": e.get("epoch", 0),
+                                                                "rids": [r["rid"] for r in e["runs"]]}
+        for cid in e["cids"]:   # nominated: a restart before the verdict must not nominate it again
+            state.update(cid, cert_round=e["round"])
+    state.meta["seeds_issued"] = state.meta.get("seeds_issued", 0) + len(e["runs"])
+
+
+def _on_verdict(state: RunState, e: dict[str, Any]) -> None:
+    state.update(e["cid"], verdict=e["verdict"], verdict_reason=e.get("reason", ""), cert_round=e.get("round", -1),
+                 cert_n=e.get("n", 0), cert_metric=e.get("mean"), cert_low=e.get("low"), cert_high=e.get("high"),
+                 cert_reward=e.get("reward"), p_value=e.get("p_value"))
+
+
+def _on_round_judged(state: RunState, e: dict[str, Any]) -> None:
+    state.meta.setdefault("judged", []).append(e["round"])
+
+
+def _on_noise_floor(state: RunState, e: dict[str, Any]) -> None:
+    state.meta["floor"] = {k: e.get(k) for k in ("n", "mean", "sd", "mean_reward", "seed_ignored", "runs")}
+
+
+def _on_certify_stopped(state: RunState, e: dict[str, Any]) -> None:
+    state.meta["certify_stopped"] = e.get("reason", "")
 
 
 def _on_llm(state: RunState, e: dict[str, Any]) -> None:
@@ -198,7 +278,9 @@ _HANDLERS = {"epoch_started": _on_epoch_started, "epoch_ended": _on_epoch_ended,
              "search_finished": _on_search_finished,
              "idea": _on_idea, "implement_started": _on_implement_started, "implemented": _on_implemented,
              "submitted": _on_submitted, "submitting": _on_submitting, "submit_failed": _on_submit_failed, "job_state": _on_job_state, "result": _on_result, "llm_spend": _on_llm,
-             "meta": _on_meta, "pinned": _on_pinned, "alarm": _on_alarm}
+             "meta": _on_meta, "pinned": _on_pinned, "alarm": _on_alarm, "duplicate": _on_duplicate,
+             "replicas_planned": _on_replicas_planned, "verdict": _on_verdict, "round_judged": _on_round_judged,
+             "certify_stopped": _on_certify_stopped, "noise_floor": _on_noise_floor}
 
 
 class EventLog:

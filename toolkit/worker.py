@@ -47,6 +47,7 @@ class WorkerTask:
     attempt: int = 0
     sandbox: str = "auto"              # the run's `sandbox` setting, resolved on the node
     pins: dict[str, dict[str, str]] | None = None   # the run's pinned snapshot and data (None: not checked)
+    seed: int = -1                     # TOOLKIT_SEED for the run (noise floor, re-runs); -1 = the codebase's own
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def execute(task: WorkerTask, paths: CandidatePaths) -> Result:
     if changed:
         return _invalid(paths, f"locked file(s) differ from the pristine copy before the run: {changed}", pristine)
     env = _step_env(spec, task, paths)
-    run = run_confined(spec, task, paths, env, mechanism)
+    run = run_confined(spec, task, paths, _seeded(env, task.seed), mechanism)
     return replace(_after_run(spec, task, paths, env, run, pristine, locked, mechanism), sandbox=run.sandbox)
 
 
@@ -178,7 +179,7 @@ def _after_run(spec: EnvSpec, task: WorkerTask, paths: CandidatePaths, env: dict
     problem = _pin_problem(task, spec, ("snapshot", "hidden"))
     if problem:
         return _alarm(paths, problem, pristine)
-    ev = run_scorer(spec, task, paths, env, mechanism)
+    ev = run_scorer(spec, task, paths, _seeded(env, -1), mechanism)
     return replace(judge(spec, ev, paths), run_s=run.wall_s, eval_s=ev.wall_s, locked_sha256=pristine)
 
 
@@ -347,6 +348,13 @@ def _step_env(spec: EnvSpec, task: WorkerTask, paths: CandidatePaths) -> dict[st
     if task.smoke:
         env["TOOLKIT_SMOKE"] = "1"
     return env
+
+
+def _seeded(env: dict[str, str], seed: int) -> dict[str, str]:
+    """The run (never the eval, which stays deterministic) gets TOOLKIT_SEED when the task has one; a stray
+    one from the submitting shell never reaches a screening run."""
+    unseeded = {k: v for k, v in env.items() if k != "TOOLKIT_SEED"}
+    return {**unseeded, "TOOLKIT_SEED": str(seed)} if seed >= 0 else unseeded
 
 
 def _invalid(paths: CandidatePaths, reason: str, pristine: dict[str, str]) -> Result:
