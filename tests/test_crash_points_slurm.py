@@ -15,7 +15,9 @@ from toolkit.evolve import run_search
 from toolkit.state import EventLog
 from toolkit.testing.fake_llm import FakeLLMServer
 
-POINTS = [("submitting", 1), ("submitted", 2), ("result", 3), ("epoch_started", 2), ("implemented", 4)]
+# certification on: the noise floor's replicas, a round planned after epoch 0, and its first verdict
+POINTS = [("submitting", 1), ("submitted", 2), ("result", 3), ("epoch_started", 2), ("implemented", 4),
+          ("replicas_planned", 2), ("verdict", 1)]
 
 
 class Crash(BaseException):
@@ -28,12 +30,15 @@ def config(env: Path, base_url: str) -> SearchRunConfig:
         "env": str(env), "llm": {"ideator": llm, "implementer": llm},
         "implement": {"samples": 1, "revisions": 1, "workers": 3},
         "cluster": {"cluster": "slurm", "partition": "debug", "poll_s": 0.5, "lost_grace_s": 20},
-        "search": {"epochs": 2, "ideas_per_epoch": 3, "ideas_per_call": 3}}, "test")
+        "search": {"epochs": 2, "ideas_per_epoch": 3, "ideas_per_call": 3, "dedup": {"method": "off"},
+                   "certify": {"noise_floor_seeds": 2, "top_k": 2, "seeds": 2, "baseline_seeds": 2,
+                               "budget_share": 0.9}}}, "test")
 
 
 def view(state) -> dict:
-    return {cid: (v.idea, v.epoch, v.status, None if v.metric is None else round(v.metric, 6))
+    runs = {cid: (v.idea, v.epoch, v.status, None if v.metric is None else round(v.metric, 6), v.verdict)
             for cid, v in state.candidates.items()}
+    return {**runs, "replicas": sorted((v.parent, v.seed, v.status) for v in state.replicas.values())}
 
 
 @pytest.mark.slurm
@@ -44,6 +49,7 @@ def test_crash_at_each_point_of_a_tick(tmp_path: Path, monkeypatch) -> None:
     with FakeLLMServer(toy_search_responder()) as server:
         cfg = config(env, server.base_url)
         calm = view(run_search(tmp_path / "calm", cfg, Console(record=True), live=False))
+        assert any(verdict for *_, verdict in list(calm.values())[:-1]) and calm["replicas"]   # it certified
         for kind, nth in POINTS:
             seen = Counter()
 

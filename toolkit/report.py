@@ -44,7 +44,11 @@ DIFF_LINES_SHOWN = 400
 EXPORT_COLUMNS = ("run", "cid", "epoch", "origin", "idea", "thinking_tokens", "category", "status", "implement_status",
                   "patch_applied", "preflight_passed", "job_ran", "valid", "beat_baseline", "metric", "reward",
                   "metrics", "diff_lines", "llm_cost_usd", "job_id", "node", "gpus", "wall_s", "gpu_hours",
-                  "reason", "implement_reason", "ideator_model", "implementer_model")
+                  "reason", "implement_reason", "ideator_model", "implementer_model", "duplicate_of",
+                  "duplicate_score", "verdict", "cert_n", "cert_metric", "cert_low", "cert_high", "cert_reward",
+                  "p_value", "verdict_reason")
+REPLICA_COLUMNS = ("run", "cid", "parent", "purpose", "round", "seed", "status", "metric", "reward", "wall_s",
+                   "job_id", "node", "reason")
 
 
 # ---- one run, as read from its directory -------------------------------------------------------------------
@@ -408,11 +412,69 @@ def _comparison_row(run: RunData, frame: pd.DataFrame) -> dict[str, Any]:
                 gpu_hours=float(frame["gpu_hours"].sum()))
 
 
+def replica_frame(run: RunData) -> pd.DataFrame:
+    """Every noise-floor and certification re-run, one row each."""
+    rows = [{**v.__dict__, "run": run.name} for v in run.state.replicas.values()]
+    return pd.DataFrame(rows, columns=list(REPLICA_COLUMNS)) if rows else pd.DataFrame(columns=list(REPLICA_COLUMNS))
+
+
+def baseline_spread(run: RunData) -> tuple[float, float, int] | None:
+    """(mean, sd, n) of the baseline's reward over every seed it ran with (screening + replicas)."""
+    base = run.state.candidates.get(BASELINE_ID)
+    runs = ([base] if base else []) + [v for v in run.state.replicas.values() if v.parent == BASELINE_ID]
+    rewards = [float(v.reward) for v in runs if v.status == "ok" and v.reward is not None]
+    if len(rewards) < 2:
+        return None
+    return float(pd.Series(rewards).mean()), float(pd.Series(rewards).std()), len(rewards)
+
+
+def certification_table(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
+    columns = ["cid", "screened", "rerun_mean", "ci_low", "ci_high", "n", "p_value", "verdict", "idea"]
+    floor = run.state.meta.get("floor")
+    rows = []
+    if floor:
+        note = "floor: every seed gave the same metric (the env ignores TOOLKIT_SEED)" if floor.get("seed_ignored") else "noise floor"
+        rows.append(dict(cid="baseline", screened=None, rerun_mean=floor["mean"], ci_low=floor["mean"] - floor["sd"],
+                         ci_high=floor["mean"] + floor["sd"], n=floor["n"], p_value=None, verdict=note,
+                         idea=f"the unchanged codebase: mean ± sd over {floor['n']} seeds"))
+    tested = ideas_only(frame)[lambda f: f["verdict"].fillna("") != ""]
+    for r in tested.sort_values(["verdict", "cert_metric"]).itertuples():
+        rows.append(dict(cid=r.cid, screened=r.metric, rerun_mean=r.cert_metric, ci_low=r.cert_low,
+                         ci_high=r.cert_high, n=r.cert_n, p_value=r.p_value, verdict=r.verdict, idea=_clip(r.idea)))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _clip(text: str, chars: int = 160) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= chars else line[: chars - 1] + "…"
+
+
+def certification_summary(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
+    from toolkit.certify import run_hours
+
+    ideas = ideas_only(frame)
+    verdicts = ideas["verdict"].fillna("")
+    alpha = run.state.meta.get("search", {}).get("certify", {}).get("alpha")
+    screen = sum(run_hours(v) for v in run.state.candidates.values() if v.status)
+    cert = sum(run_hours(v) for v in run.state.replicas.values() if v.status)
+    ran = [run_hours(v) for v in run.state.candidates.values() if v.status == "ok"]
+    dups = int((ideas["duplicate_of"].fillna("") != "").sum())
+    row = dict(tested=int((verdicts != "").sum()), certified=int((verdicts == "certified").sum()),
+               not_significant=int((verdicts == "not significant").sum()),
+               unreproducible=int((verdicts == "unreproducible").sum()), alpha=alpha,
+               expected_false_certifications=None if alpha is None else float((verdicts != "").sum() * alpha),
+               screening_hours=screen, certification_hours=cert,
+               certification_share=cert / (screen + cert) if screen + cert else None,
+               duplicates_skipped=dups, duplicate_hours_avoided=dups * (sum(ran) / len(ran) if ran else 0.0))
+    return pd.DataFrame([row])
+
+
 def top_ideas(run: RunData, frame: pd.DataFrame, n: int = TOP_IDEAS) -> list[dict[str, Any]]:
     valid = ideas_only(frame)[lambda f: f["valid"]]
     best = valid.sort_values("reward", ascending=False).head(n)
     return [dict(cid=r.cid, epoch=int(r.epoch), reward=float(r.reward), metric=r.metric, idea=r.idea,
-                 category=r.category, diff=_diff_text(run.layout, r.cid)) for r in best.itertuples()]
+                 category=r.category, diff=_diff_text(run.layout, r.cid), verdict=r.verdict or "not re-run",
+                 cert_reward=r.cert_reward) for r in best.itertuples()]
 
 
 def _diff_text(layout: RunLayout, cid: str) -> str:
@@ -551,6 +613,7 @@ def _write(out: Path, runs: list[RunData], frames: list[pd.DataFrame], judge: Ca
     csv, parquet = out / "ideas.csv", out / "ideas.parquet"
     fsio.atomic_write_text(csv, everything.to_csv(index=False))
     _atomic_bytes(parquet, everything.to_parquet(index=False))
+    fsio.atomic_write_text(out / "replicas.csv", pd.concat([replica_frame(r) for r in runs]).to_csv(index=False))
     for name, table in tables.items():
         fsio.atomic_write_text(out / f"{name}.csv", table.to_csv(index=False))
     plots = report_plots.all_plots(runs, frames, tables)
@@ -564,6 +627,7 @@ def _write(out: Path, runs: list[RunData], frames: list[pd.DataFrame], judge: Ca
 def report_tables(runs: list[RunData], frames: list[pd.DataFrame]) -> dict[str, pd.DataFrame]:
     main, frame = runs[0], frames[0]
     return {"epochs": epoch_table(frame), "references": reference_table(main, frame), "funnel": funnel_table(frames),
+            "certification": certification_table(main, frame), "certification_summary": certification_summary(main, frame),
             "thinking": thinking_table(frame), "categories": category_table(frame), "diversity": diversity_table(frame),
             "spend": spend_table(main, frame), "comparison": comparison_table(runs, frames)}
 
@@ -623,6 +687,14 @@ CAPTIONS = {
     "references": "The best found result against the measured baseline and the environment's published results "
                   "(env.yaml `references`, metric units; not shown for smoke runs). best_found_vs_this = best "
                   "found minus that result.",
+    "certification": "Candidates re-run with fresh seeds (TOOLKIT_SEED) in one array with interleaved re-runs of "
+                     "the baseline; screened = the first run's metric; mean and 95% confidence interval of the "
+                     "re-runs; p = one-sided Welch t-test against the same array's baseline re-runs. The first row "
+                     "is the baseline's noise floor (mean and sd over its seeds).",
+    "certification_summary": "Certification at a glance: the verdicts, the false certifications alpha allows "
+                             "(tested x alpha), what re-runs cost against screening (GPU-hours; task-hours for a "
+                             "CPU-only environment), and the near-duplicate ideas skipped with the hours they would "
+                             "have cost (at the mean cost of a screening run).",
     "thinking": "Finished ideas in quartiles of the ideator's thinking length (tokens; for API models the whole "
                 "ideation call's thinking, about characters / 4): execution rate and reward per quartile. Empty when "
                 "no thinking was recorded (a model without extended thinking).",
@@ -646,10 +718,14 @@ def render_page(runs: list[RunData], frames: list[pd.DataFrame], tables: dict[st
 
 def _run_header(run: RunData, frame: pd.DataFrame) -> dict[str, Any]:
     base = baseline_reward(frame)
+    ideas = ideas_only(frame)
+    best = ideas[ideas["valid"]]["reward"].max() if not ideas.empty else None
+    certified = ideas[ideas["verdict"].fillna("") == "certified"]["cert_reward"].max() if not ideas.empty else None
     return dict(name=run.name, path=str(run.layout.root), strategy=run.strategy, ideator=run.ideator_model,
                 implementer=run.implementer_model, env=str(run.config.get("env", "")),
                 status="running" if run.running else ("finished" if run.state.meta.get("finished") else "stopped"),
-                baseline="-" if base is None else fmt("reward", base), ideas=len(ideas_only(frame)))
+                baseline="-" if base is None else fmt("reward", base), ideas=len(ideas),
+                best_screened=fmt("reward", _plain(best)), best_certified=fmt("reward", _plain(certified)))
 
 
 def _judge_header(judge: CategoryJudge | None) -> dict[str, Any]:

@@ -42,7 +42,10 @@ def _baseline(ax: Any, base: float | None, label: str = "baseline") -> None:
         ax.axhline(base, color="black", linestyle="--", linewidth=1, label=f"{label} {base:.4g}")
 
 
-def reward_plot(epochs: pd.DataFrame, base: float | None) -> bytes:
+def reward_plot(epochs: pd.DataFrame, base: float | None, band: tuple[float, float, int] | None = None,
+                certified: float | None = None) -> bytes:
+    """Best and mean per epoch, the baseline, its noise band (mean ± 2 sd over its seeds) and the best
+    certified result (the mean of its fresh-seed re-runs)."""
     fig, ax = _axes("Reward per epoch", "epoch", "reward")
     if epochs["valid"].sum() == 0:
         _empty(ax, "valid results")
@@ -51,6 +54,11 @@ def reward_plot(epochs: pd.DataFrame, base: float | None) -> bytes:
     ax.plot(x, epochs["mean_reward"].astype(float), "s-", label="mean of valid runs")
     ax.plot(x, epochs["best_so_far"].astype(float), ":", color="green", label="best so far")
     _baseline(ax, base)
+    if band is not None:
+        mean, sd, n = band
+        ax.axhspan(mean - 2 * sd, mean + 2 * sd, color="gray", alpha=0.2, label=f"baseline noise ±2 sd ({n} seeds)")
+    if certified is not None:
+        ax.axhline(certified, color="tab:green", linewidth=1.5, label=f"best certified {certified:.4g}")
     ax.set_xticks(list(x))
     ax.legend(fontsize=8)
     return png(fig)
@@ -121,9 +129,14 @@ def category_plot(categories: pd.DataFrame) -> bytes:
 
 
 def all_plots(runs: list[RunData], frames: list[pd.DataFrame], tables: dict[str, pd.DataFrame]) -> dict[str, bytes]:
-    from toolkit.report import baseline_reward
+    from toolkit.report import baseline_reward, baseline_spread
 
-    plots = {"reward": reward_plot(tables["epochs"], baseline_reward(frames[0])),
+    certified = tables["certification"]
+    best = certified[certified["verdict"] == "certified"]
+    best_reward = None
+    if not best.empty:
+        best_reward = float(frames[0].set_index("cid").loc[list(best["cid"]), "cert_reward"].max())
+    plots = {"reward": reward_plot(tables["epochs"], baseline_reward(frames[0]), baseline_spread(runs[0]), best_reward),
              "funnel": funnel_plot(tables["funnel"]), "categories": category_plot(tables["categories"]),
              "diversity": diversity_plot(tables["diversity"]), "spend": spend_plot(tables["spend"])}
     if len(runs) > 1:

@@ -71,7 +71,7 @@ class SearchDaemon(Daemon):
     def start_search(self) -> None:
         if "search" in self.state.meta:
             return
-        self.log.emit("search_started", search=self.search.__dict__, replay=self._replaying())
+        self.log.emit("search_started", search=to_dict(self.search), replay=self._replaying())
         if self.search.run_baseline:
             self.drop_baseline()
             self.certifier.plan_floor()
