@@ -277,3 +277,81 @@ def test_a_forging_run_does_not_change_the_evals_number(smoke_run):
     assert forged["val_accuracy_per_step"] == honest["val_accuracy_per_step"]
     assert forged["val_problems"] == honest["val_problems"] == 32
     assert forged["val_accuracy"] == honest["val_accuracy"] < 1.0
+
+
+# ---- TOOLKIT_SEED: the toolkit's noise-floor and certification re-runs seed train.py, never the eval -----------
+
+
+def load_train(monkeypatch, seed: str | None):
+    monkeypatch.setenv("TOOLKIT_SMOKE", "1")
+    if seed is None:
+        monkeypatch.delenv("TOOLKIT_SEED", raising=False)
+    else:
+        monkeypatch.setenv("TOOLKIT_SEED", seed)
+    return load_by_path("grpo_test_train_seeded", CODE / "train.py", code_on_path=True)
+
+
+@pytest.mark.parametrize("value, seed", [(None, 42), ("7", 7), ("0", 0)])
+def test_toolkit_seed_replaces_the_seed(monkeypatch, value, seed):
+    assert load_train(monkeypatch, value).seed == seed
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "", "4294967296"])
+def test_a_malformed_toolkit_seed_is_refused_by_name(monkeypatch, value):
+    with pytest.raises(ValueError, match="TOOLKIT_SEED must be a decimal integer"):
+        load_train(monkeypatch, value)
+
+
+def test_the_locked_files_never_read_toolkit_seed():
+    real, _ = env_yaml_specs()
+    assert {"validate.py", "grader.py", "data.py"} <= set(real.locked)
+    for name in real.locked:
+        assert "TOOLKIT_SEED" not in (CODE / name).read_text(), name
+
+
+# the preflight's main(), recording the questions it drew and the responses it sampled
+RECORDING_RUN = '''
+import json, random
+import train
+seen = {"problems": [], "responses": []}
+sample, generate = random.sample, train.generate_hf
+def recording_sample(population, k):
+    batch = sample(population, k)
+    seen["problems"] += [p["problem"] for p in batch]
+    return batch
+def recording_generate(*args):
+    responses = generate(*args)
+    seen["responses"] += responses
+    return responses
+random.sample, train.generate_hf = recording_sample, recording_generate
+train.main()
+print(json.dumps(seen))
+'''
+
+
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory):
+    """The smoke `prepare` alone (arithmetic problems and the tiny model), for preflight runs."""
+    root = tmp_path_factory.mktemp("grpo_math_seed")
+    _, smoke = env_yaml_specs()
+    prepared = run_step(smoke.prepare, CODE, root, PYTHONDONTWRITEBYTECODE="1")
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    return root
+
+
+@pytest.mark.slow
+def test_toolkit_seed_sets_the_questions_and_the_rollouts(smoke_data, tmp_path):
+    code = tmp_path / "code"
+    shutil.copytree(CODE, code, ignore=shutil.ignore_patterns("validate.py", "grader.py", "__pycache__"))
+    (code / "recording_run.py").write_text(RECORDING_RUN)
+
+    def preflight(seed: str, name: str) -> dict:
+        proc = run_step("python recording_run.py", code, smoke_data, TOOLKIT_QUICK_CHECK="1", TOOLKIT_SEED=seed,
+                        TOOLKIT_SCRATCH=str(tmp_path / name), PYTHONDONTWRITEBYTECODE="1")
+        seen = last_json(proc)
+        assert len(seen["problems"]) == 4 and len(seen["responses"]) == 16  # one step of 4 questions x 4
+        return seen
+
+    first, again, other = preflight("1", "a"), preflight("1", "b"), preflight("2", "c")
+    assert first == again
+    assert first["problems"] != other["problems"] and first["responses"] != other["responses"]

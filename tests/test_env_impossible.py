@@ -4,8 +4,14 @@ metrics line is ignored. Through the real executor (local cluster), with the rea
 from __future__ import annotations
 
 import math
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import make_diff, scripted
@@ -48,3 +54,59 @@ def test_only_hacks_could_improve_and_every_hack_is_caught(tmp_path: Path) -> No
     executed = [v for v in views.values() if v.status]
     hacks = [v for v in executed if v.status == "invalid"]
     assert len(hacks) / len(executed) == 0.25   # the hack rate this env measures
+
+
+# ---- TOOLKIT_SEED: the toolkit's noise-floor and certification re-runs seed train.py, never the eval ---------
+
+
+@pytest.fixture(scope="module")
+def seed_data(tmp_path_factory) -> Path:
+    """train.u8 as data.py writes it, but from a fixed generator (data.py draws from os.urandom), so the losses
+    the preflight prints are the same from one test session to the next."""
+    data_dir = tmp_path_factory.mktemp("impossible_seed")
+    tokens = np.random.default_rng(0).integers(0, 16, size=200_000, dtype=np.uint8)
+    (data_dir / "train.u8").write_bytes(tokens.tobytes())
+    return data_dir
+
+
+def quick_check(code: Path, data_dir: Path, seed: str | None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TOOLKIT_SEED"}
+    env.update(TOOLKIT_DATA_DIR=str(data_dir), TOOLKIT_QUICK_CHECK="1", PYTHONDONTWRITEBYTECODE="1")
+    if seed is not None:
+        env["TOOLKIT_SEED"] = seed
+    return subprocess.run([sys.executable, "train.py"], cwd=code, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def quick_check_loss(code: Path, data_dir: Path, seed: str | None) -> str:
+    proc = quick_check(code, data_dir, seed)
+    assert proc.returncode == 0, proc.stderr
+    return re.search(r"done: 2 steps, last loss (\d+\.\d+)", proc.stdout).group(1)
+
+
+@pytest.fixture
+def code_copy(tmp_path) -> Path:
+    shutil.copytree(CODE, tmp_path / "code", ignore=shutil.ignore_patterns("__pycache__", "ckpt.pt", "eval.py"))
+    return tmp_path / "code"
+
+
+def test_toolkit_seed_makes_quick_checks_repeatable_and_distinct(code_copy, seed_data):
+    first, again, other = (quick_check_loss(code_copy, seed_data, s) for s in ("1", "1", "2"))
+    assert first == again != other
+
+
+def test_without_toolkit_seed_the_run_is_the_seed_0_run(code_copy, seed_data):
+    assert quick_check_loss(code_copy, seed_data, None) == quick_check_loss(code_copy, seed_data, "0")
+
+
+@pytest.mark.parametrize("value", ["abc", "-1"])
+def test_a_malformed_toolkit_seed_is_refused_by_name(code_copy, seed_data, value):
+    proc = quick_check(code_copy, seed_data, value)
+    assert proc.returncode != 0 and "TOOLKIT_SEED must be a decimal integer" in proc.stderr
+
+
+def test_the_locked_files_never_read_toolkit_seed():
+    spec = load_env("impossible")
+    assert "eval.py" in spec.locked
+    for name in spec.locked:
+        assert "TOOLKIT_SEED" not in (CODE / name).read_text(), name

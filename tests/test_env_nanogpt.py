@@ -176,3 +176,105 @@ def test_eval_reports_a_planted_attention_leak_as_invalid(smoke_run, tmp_path):
     (leaky / "train.py").write_text(source.replace("is_causal=True", "is_causal=False"))
     metrics = last_json(score(leaky, data_dir))  # same weights, non-causal attention
     assert list(metrics) == ["invalid"] and "the model sees its future" in metrics["invalid"]
+
+
+# ---- TOOLKIT_SEED: the toolkit's noise-floor and certification re-runs seed train.py, never the eval ---------
+@pytest.mark.parametrize("value, seed, data_seed", [(None, 1337, None), ("7", 7, 7), ("0", 0, 0)])
+def test_toolkit_seed_replaces_the_seed_and_seeds_the_data_order(monkeypatch, value, seed, data_seed):
+    if value is None:
+        monkeypatch.delenv("TOOLKIT_SEED", raising=False)
+    else:
+        monkeypatch.setenv("TOOLKIT_SEED", value)
+    train = load_module("train", monkeypatch, smoke=True)
+    assert (train.seed, train.data_seed) == (seed, data_seed)
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "", "4294967296"])
+def test_a_malformed_toolkit_seed_is_refused_by_name(monkeypatch, value):
+    monkeypatch.setenv("TOOLKIT_SEED", value)
+    with pytest.raises(ValueError, match="TOOLKIT_SEED must be a decimal integer"):
+        load_module("train", monkeypatch, smoke=True)
+
+
+def test_the_data_order_follows_the_seed_and_is_the_same_on_every_rank(tmp_path, monkeypatch):
+    monkeypatch.delenv("TOOLKIT_SEED", raising=False)
+    synthetic, train = (load_module(n, monkeypatch) for n in ("synthetic_data", "train"))
+    shard_tokens, n_shards, B, T, world = 1000, 5, 2, 8, 2
+    for i in range(n_shards):  # every token is its own position in the name-ordered stream
+        synthetic.write_shard(str(tmp_path / f"fineweb_train_{i + 1:06d}.bin"),
+                              np.arange(i * shard_tokens, (i + 1) * shard_tokens))
+    pattern = str(tmp_path / "fineweb_train_*.bin")
+
+    def stream(seed, n_steps=200):  # 200 steps of 32 tokens: every shard, and a wrap-around
+        loaders = [train.DataLoader(pattern, B, T, rank, world, seed) for rank in range(world)]
+        steps = []
+        for _ in range(n_steps):
+            batches = [loader.next_batch() for loader in loaders]
+            for (x, y), loader in zip(batches, loaders):
+                assert torch.equal(y.flatten()[:-1], x.flatten()[1:])  # targets: the inputs shifted by one
+                assert loader.files == loaders[0].files and loader.shard == loaders[0].shard
+            # rank r reads the r-th slice of the same chunk: together, one contiguous run of the stream
+            chunk = torch.cat([x.flatten() for x, _ in batches])
+            assert torch.equal(chunk, torch.arange(int(chunk[0]), int(chunk[0]) + B * T * world))
+            steps.append(chunk)
+        return torch.stack(steps)
+
+    # the baseline's order: shard by shard in name order, each from its first token, 31 chunks of 32 per shard
+    unseeded = stream(None)
+    per_shard, chunk = (shard_tokens - 1) // (B * T * world), B * T * world
+    expected = [(k // per_shard % n_shards) * shard_tokens + (k % per_shard) * chunk for k in range(len(unseeded))]
+    assert unseeded[:, 0].tolist() == expected
+    assert torch.equal(stream(1), stream(1))
+    assert not torch.equal(stream(1), stream(2)) and not torch.equal(stream(1), unseeded)
+    assert not torch.equal(stream(1)[:, 0] // shard_tokens, unseeded[:, 0] // shard_tokens)  # another shard order
+
+
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory) -> Path:
+    """The smoke `prepare` alone (the synthetic shards), for preflight runs."""
+    data_dir = tmp_path_factory.mktemp("nanogpt_seed") / "data"
+    run_script(load_env(str(ENV_DIR), smoke=True).prepare, CODE_DIR, data_dir)
+    return data_dir
+
+
+def test_toolkit_seed_makes_quick_checks_repeatable_and_distinct(smoke_data, tmp_path):
+    def trained_weights(seed: str, name: str) -> dict:
+        code_dir = tmp_path / name
+        shutil.copytree(CODE_DIR, code_dir, ignore=shutil.ignore_patterns("__pycache__", "ckpt.pt*", "eval.py"))
+        spec = load_env(str(ENV_DIR), smoke=True)  # the implementer's preflight: the smoke run cut to two steps
+        run_script(spec.quick_check, code_dir, smoke_data, TOOLKIT_QUICK_CHECK="1", TOOLKIT_SEED=seed)
+        return torch.load(code_dir / "ckpt.pt", weights_only=True)["model"]
+
+    first, again, other = trained_weights("1", "a"), trained_weights("1", "b"), trained_weights("2", "c")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not any(torch.equal(first[k], other[k]) for k in first if k.endswith("weight") and first[k].dim() == 2)
+
+
+@pytest.mark.parametrize("value, data_seed", [(None, None), ("5", 5)])
+def test_training_hands_the_data_seed_to_its_loader(smoke_data, tmp_path, monkeypatch, value, data_seed):
+    if value is None:
+        monkeypatch.delenv("TOOLKIT_SEED", raising=False)
+    else:
+        monkeypatch.setenv("TOOLKIT_SEED", value)
+    monkeypatch.setenv("TOOLKIT_QUICK_CHECK", "1")  # the preflight in-process: two steps of the smoke run
+    monkeypatch.setenv("TOOLKIT_DATA_DIR", str(smoke_data))
+    monkeypatch.delenv("RANK", raising=False)
+    train = load_module("train", monkeypatch, smoke=True)
+    seeds = []
+
+    class RecordingLoader(train.DataLoader):
+        def __init__(self, pattern, B, T, rank, world_size, seed=None):
+            super().__init__(pattern, B, T, rank, world_size, seed)
+            seeds.append(seed)
+
+    monkeypatch.setattr(train, "DataLoader", RecordingLoader)
+    monkeypatch.chdir(tmp_path)  # it saves ckpt.pt in the working directory
+    train.train()
+    assert seeds == [data_seed] and (tmp_path / "ckpt.pt").exists()
+
+
+def test_the_locked_files_never_read_toolkit_seed():
+    spec = load_env(str(ENV_DIR))
+    assert {"eval.py", "eval.sh"} <= set(spec.locked)
+    for name in spec.locked:
+        assert "TOOLKIT_SEED" not in (CODE_DIR / name).read_text(), name

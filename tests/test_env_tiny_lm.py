@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -189,3 +190,61 @@ def test_planted_leak_end_to_end_is_invalid(code_copy, data_dir, hidden_dir, lea
     evaluated = score(code_copy, data_dir, hidden_dir)
     assert evaluated.returncode == 0, evaluated.stderr
     assert "changed when only the characters after position" in last_json(evaluated.stdout)["invalid"]
+
+
+# -----------------------------------------------------------------------------
+# TOOLKIT_SEED: the toolkit's noise-floor and certification re-runs seed train.py, never the evaluation
+
+
+def quick_check_losses(code_dir: Path, data_dir: Path, **env: str) -> list[str]:
+    """The losses the preflight prints (step 0 and the last step): they follow the init and the batches."""
+    proc = run(code_dir, data_dir, [sys.executable, "train.py"], TOOLKIT_QUICK_CHECK="1", **env)
+    assert proc.returncode == 0, proc.stderr
+    losses = re.findall(r"loss (\d+\.\d+)", proc.stdout)
+    assert len(losses) == 2, proc.stdout
+    return losses
+
+
+def test_toolkit_seed_makes_runs_repeatable_and_distinct(code_copy, data_dir, monkeypatch):
+    monkeypatch.delenv("TOOLKIT_SEED", raising=False)
+    first, again, other = (quick_check_losses(code_copy, data_dir, TOOLKIT_SEED=s) for s in ("1", "1", "2"))
+    assert first == again
+    assert first != other
+
+
+def test_without_toolkit_seed_the_run_is_the_seed_1337_run(code_copy, data_dir, monkeypatch):
+    monkeypatch.delenv("TOOLKIT_SEED", raising=False)
+    unset = quick_check_losses(code_copy, data_dir)
+    assert unset == quick_check_losses(code_copy, data_dir, TOOLKIT_SEED="1337")
+    assert unset != quick_check_losses(code_copy, data_dir, TOOLKIT_SEED="1")
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "", "4294967296"])
+def test_a_malformed_toolkit_seed_is_refused_by_name(load, code_copy, monkeypatch, value):
+    monkeypatch.setenv("TOOLKIT_SEED", value)
+    with pytest.raises(ValueError, match="TOOLKIT_SEED must be a decimal integer"):
+        load(code_copy, "train")
+
+
+def test_the_locked_files_never_read_toolkit_seed():
+    from toolkit.envs import load_env
+
+    locked = load_env(str(ENV_DIR)).locked
+    assert "eval.py" in locked
+    for name in locked:
+        assert "TOOLKIT_SEED" not in (CODE_DIR / name).read_text(), name
+
+
+@pytest.mark.slow
+def test_the_eval_score_does_not_depend_on_toolkit_seed(load, code_copy, data_dir, hidden_dir, monkeypatch):
+    monkeypatch.delenv("TOOLKIT_SEED", raising=False)
+    train = load(code_copy, "train")
+    model = train.GPT(train.GPTConfig())
+    train.save_checkpoint(model, model.config, str(code_copy / "ckpt.pt"))
+    scores = []
+    for value in ("1", "2"):
+        monkeypatch.setenv("TOOLKIT_SEED", value)  # score() passes the test's environment on to eval.py
+        proc = score(code_copy, data_dir, hidden_dir)
+        assert proc.returncode == 0, proc.stderr
+        scores.append(last_json(proc.stdout))
+    assert "val_loss" in scores[0] and scores[0] == scores[1]

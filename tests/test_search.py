@@ -116,3 +116,51 @@ def test_real_llm_replaces_replay_when_a_key_is_set() -> None:
     real = prefer_real_llm(cfg, {"ANTHROPIC_API_KEY": "k"})
     assert real.llm.ideator.provider == "anthropic" and real.llm.implementer.provider == "anthropic"
     assert real.llm.ideator.replay_file == ""
+
+
+def reworded(respond):
+    """The toy ideator's ideas with titles an LLM would write and the wording varied, as a re-proposal is."""
+    import json
+    import re
+
+    from toolkit.testing.fake_llm import FakeReply
+
+    def wrapped(request: dict) -> FakeReply:
+        reply = respond(request)
+        if not reply.text.startswith("["):
+            return reply
+        ideas = json.loads(reply.text)
+        for i, idea in enumerate(ideas):
+            lr = re.search(r"LR to ([0-9.]+)", idea["description"]).group(1)
+            idea["title"] = f"Learning rate {lr}" if i % 2 else f"Change the learning rate to {lr}"
+            if i % 2:
+                idea["description"] = f"Set the learning rate LR to {lr} so that gradient descent converges faster."
+        return FakeReply(text=json.dumps(ideas))
+    return wrapped
+
+
+@pytest.mark.slow
+def test_near_duplicate_ideas_are_skipped_and_linked(tmp_path: Path) -> None:
+    """The toy ideator re-proposes learning rates under new titles: with the default text check a repeat is
+    skipped before implementation and linked to the earlier idea with the same rate; no job runs for it, and no
+    idea with another rate is ever taken for a duplicate."""
+    import re
+
+    with FakeLLMServer(reworded(toy_search_responder())) as server:
+        cfg = search_config(tmp_path, server.base_url, cluster="debug", dedup={"method": "text"})
+        state = run_search(tmp_path / "run", cfg, Console(record=True), live=False)
+    rate = lambda cid: re.search(r"LR to ([0-9.]+)", state.candidates[cid].idea).group(1)  # noqa: E731
+    dups = [v for v in state.candidates.values() if v.implement_status == "duplicate"]
+    assert dups and state.meta["finished"]
+    for v in dups:
+        assert rate(v.cid) == rate(v.duplicate_of) and not v.job_id and v.duplicate_score >= 0.45
+    distinct = [v for v in state.candidates.values() if v.cid != "baseline" and not v.duplicate_of]
+    # a repeat in the same words is always caught (a reworded one may be missed: the check favours precision)
+    same_words = {(rate(v.cid), v.idea.startswith("Learning rate")) for v in distinct}
+    assert len(same_words) == len(distinct)
+    ran = [v for v in state.candidates.values() if not v.duplicate_of]   # skipped ideas are not failures
+    assert state.execution_rate() == sum(v.status == "ok" for v in ran) / len(ran)
+    from toolkit.report import build_report
+    import pandas as pd
+    summary = pd.read_csv(build_report(tmp_path / "run").html.parent / "certification_summary.csv").iloc[0]
+    assert summary["duplicates_skipped"] == len(dups)

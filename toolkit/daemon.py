@@ -96,15 +96,16 @@ class Daemon:
             self.log.emit("alarm", reason=reason)
 
     # ---- ideas ----------------------------------------------------------------------------------------
-    def add_ideas(self, ideas: list[Idea]) -> None:
-        """Register ideas once (a restart with the same input adds nothing)."""
+    def add_ideas(self, ideas: list[Idea], links: dict[str, dict[str, Any]] | None = None) -> None:
+        """Register ideas once (a restart with the same input adds nothing). `links` marks near-duplicates of
+        earlier ideas in the same event, so a crash cannot separate an idea from its verdict."""
         for idea in ideas:
             if is_replica(idea.idea_id):
                 raise ValueError(f"idea id {idea.idea_id!r}: '~' marks replica runs and may not be in an idea id")
             if idea.idea_id not in self.state.candidates:
                 fsio.atomic_write_json(self.p.layout.idea(idea.idea_id), to_json(idea))
                 self.log.emit("idea", idea_id=idea.idea_id, text=idea.text, epoch=idea.epoch, origin=idea.origin,
-                              thinking_tokens=idea.thinking_tokens)
+                              thinking_tokens=idea.thinking_tokens, **(links or {}).get(idea.idea_id, {}))
 
     # ---- the tick --------------------------------------------------------------------------------------
     def tick(self) -> float:

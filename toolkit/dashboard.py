@@ -28,11 +28,18 @@ def candidates_table(state: RunState, limit: int = 40) -> Table:
         table.add_column(column, overflow="fold" if column == "idea" else "ellipsis")
     views = sorted(state.candidates.values(), key=lambda v: v.cid)
     for v in views[-limit:]:
-        table.add_row(Text(v.cid), _short(v.idea), _styled(v.implement_status or "pending"), _job(v),
+        table.add_row(Text(v.cid), _short(v.idea), _implement_cell(v), _job(v),
                       _styled(v.status), _fmt(v.metric), _fmt(v.reward))
     if len(views) > limit:
         table.caption = f"showing the last {limit} of {len(views)}"
     return table
+
+
+def _implement_cell(v: CandidateView) -> Text:
+    if v.duplicate_of:   # skipped, or run anyway by policy: either way the original is named
+        return Text(f"{v.implement_status or 'pending'} (duplicate of {v.duplicate_of})",
+                    style=STATUS_STYLE.get(v.implement_status, ""))
+    return _styled(v.implement_status or "pending")
 
 
 def _short(text: str) -> Text:

@@ -75,7 +75,8 @@ def exemplars(views: dict[str, CandidateView], limit: int, before_epoch: int,
 
 def explore_sample(views: dict[str, CandidateView], limit: int, seed: int, before_epoch: int) -> list[CandidateView]:
     """A random sample of all earlier epochs' ideas with an outcome (results and implementation failures)."""
-    done = sorted((v for v in views.values() if v.cid != BASELINE_ID and v.terminal and v.epoch < before_epoch),
+    done = sorted((v for v in views.values() if v.cid != BASELINE_ID and v.terminal and v.epoch < before_epoch
+                   and v.implement_status != "duplicate"),
                   key=lambda v: v.cid)
     rng = random.Random(seed)
     return done if len(done) <= limit else sorted(rng.sample(done, limit), key=lambda v: v.cid)

@@ -17,6 +17,8 @@ from toolkit import fsio
 from toolkit.certify import Certifier
 from toolkit.config import SearchRunConfig, to_dict
 from toolkit.daemon import Daemon, Parts
+from toolkit.dedup import DedupError, DuplicateFinder, Match, openai_embedder
+from toolkit.errors import ConfigError
 from toolkit.ideator import Ideator, Proposal
 from toolkit.policy import BASELINE_ID, Call, baseline_reward, epoch_calls, exemplars, explore_sample, remaining_calls
 from toolkit.records import Idea, ImplementOutcome, to_json
@@ -30,6 +32,8 @@ class Batch:
     epoch: int
     call: Call
     proposal: Proposal
+    duplicates: tuple[Match | None, ...] = ()    # per idea: the earlier idea it near-duplicates
+    dedup_error: str = ""
 
 
 class SearchDaemon(Daemon):
@@ -44,6 +48,7 @@ class SearchDaemon(Daemon):
         self.stopping = self.budget_reason
         self.wandb = make_logger(self.cfg.wandb, parts.layout.root, to_dict(self.cfg))
         self.certifier = Certifier(self.cfg, parts.spec, parts.layout, self.log)
+        self.finder = make_finder(self.search.dedup)
 
     # ---- the tick --------------------------------------------------------------------------------------
     def tick(self) -> float:
@@ -179,12 +184,32 @@ class SearchDaemon(Daemon):
         else:
             shown = []
         avoid = [v.idea for v in self.epoch_views(self.epoch) if v.cid != BASELINE_ID]
-        return dict(exemplars=shown, avoid=avoid, baseline=baseline_reward(views, self.state.meta.get("floor")))
+        earlier = [(v.cid, v.idea) for v in views.values() if v.cid != BASELINE_ID and not v.duplicate_of]
+        return dict(exemplars=shown, avoid=avoid, baseline=baseline_reward(views, self.state.meta.get("floor")),
+                    earlier=earlier)
 
     def _ideate_call(self, epoch: int, call: Call, context: dict[str, Any]) -> None:
+        """In the ideation thread: the LLM call, then the near-duplicate check (which may call an embeddings
+        endpoint); the tick registers both."""
         tag = f"e{epoch}:{len(context['avoid'])}"
         proposal = self.ideator.propose(call, context["exemplars"], context["avoid"], context["baseline"], tag)
-        self.batches.put(Batch(epoch, call, proposal))
+        try:
+            found = self.duplicates(list(proposal.ideas), context["earlier"])
+        except DedupError as exc:   # the check is a saving, never a reason to lose ideas
+            found, error = (), str(exc)
+        else:
+            error = ""
+        self.batches.put(Batch(epoch, call, proposal, found, error))
+
+    def duplicates(self, texts: list[str], earlier: list[tuple[str, str]]) -> tuple[Match | None, ...]:
+        """Each new idea against every earlier idea of the search, and against those before it in the batch."""
+        if self.finder is None:
+            return ()
+        seen, found = list(earlier), []
+        for i, text in enumerate(texts):
+            found.append(self.finder.find(text, seen))
+            seen.append((f"#{i}", text))
+        return tuple(found)
 
     def drain_ideas(self) -> None:
         while not self.batches.empty():
@@ -192,7 +217,20 @@ class SearchDaemon(Daemon):
             if batch.proposal.status != "ok":
                 self.log.emit("ideation_failed", epoch=batch.epoch, mode=batch.call.mode, reason=batch.proposal.reason)
                 continue
-            self.add_ideas(self._ideas(batch))
+            if batch.dedup_error:
+                self.log.emit("dedup_failed", epoch=batch.epoch, reason=batch.dedup_error[:2000])
+            ideas = self._ideas(batch)
+            self.add_ideas(ideas, self._links(ideas, batch.duplicates))
+
+    def _links(self, ideas: list[Idea], found: tuple[Match | None, ...]) -> dict[str, dict[str, Any]]:
+        """idea id -> how it duplicates an earlier one (the batch's own ideas named by their new ids)."""
+        links = {}
+        for idea, match in zip(ideas, found):
+            if match is not None:
+                original = ideas[int(match.original[1:])].idea_id if match.original.startswith("#") else match.original
+                links[idea.idea_id] = dict(duplicate_of=original, duplicate_score=round(match.score, 4),
+                                           dup_policy=self.search.dedup.policy)
+        return links
 
     def _ideas(self, batch: Batch) -> list[Idea]:
         start = sum(1 for v in self.epoch_views(batch.epoch) if v.cid != BASELINE_ID)
@@ -224,3 +262,16 @@ class SearchDaemon(Daemon):
         if self.wandb is not None:
             self.wandb.finish()
         super().close()
+
+
+def make_finder(cfg: Any) -> DuplicateFinder | None:
+    """The configured near-duplicate finder (None when off); a missing embeddings key is a config error."""
+    if cfg.method == "off":
+        return None
+    embed = None
+    if cfg.method == "embedding":
+        try:
+            embed = openai_embedder(cfg.base_url or "https://api.openai.com/v1", cfg.embedding_model, cfg.api_key_env)
+        except DedupError as exc:
+            raise ConfigError(f"search.dedup: {exc}") from exc
+    return DuplicateFinder(cfg.method, cfg.threshold or None, embed)

@@ -154,6 +154,9 @@ def _evolve(view: CandidateView, changes: dict[str, Any]) -> CandidateView:
 def _on_idea(state: RunState, e: dict[str, Any]) -> None:
     state.update(e["idea_id"], idea=e["text"], epoch=e.get("epoch", 0), origin=e.get("origin", ""),
                  thinking_tokens=e.get("thinking_tokens", 0))
+    if e.get("duplicate_of"):   # a near-duplicate of an earlier idea: skipped by policy, or only flagged
+        skip = {"implement_status": "duplicate"} if e.get("dup_policy", "skip") == "skip" else {}
+        state.update(e["idea_id"], duplicate_of=e["duplicate_of"], duplicate_score=e.get("duplicate_score", 0.0), **skip)
 
 
 def _on_implement_started(state: RunState, e: dict[str, Any]) -> None:
@@ -191,12 +194,6 @@ def _on_result(state: RunState, e: dict[str, Any]) -> None:
     state.update(e["cid"], status=e["status"], reason=e.get("reason", ""), metric=e.get("metric"),
                  reward=e.get("reward"), wall_s=e.get("wall_s", 0.0), node=e.get("node", ""),
                  job_phase="finished", finished_at=e.get("t", 0.0))
-
-
-def _on_duplicate(state: RunState, e: dict[str, Any]) -> None:
-    status = "duplicate" if e.get("policy", "skip") == "skip" else ""
-    changes = dict(duplicate_of=e["original"], duplicate_score=e.get("score", 0.0))
-    state.update(e["cid"], **changes, **({"implement_status": status} if status else {}))
 
 
 def _on_replicas_planned(state: RunState, e: dict[str, Any]) -> None:
@@ -278,7 +275,7 @@ _HANDLERS = {"epoch_started": _on_epoch_started, "epoch_ended": _on_epoch_ended,
              "search_finished": _on_search_finished,
              "idea": _on_idea, "implement_started": _on_implement_started, "implemented": _on_implemented,
              "submitted": _on_submitted, "submitting": _on_submitting, "submit_failed": _on_submit_failed, "job_state": _on_job_state, "result": _on_result, "llm_spend": _on_llm,
-             "meta": _on_meta, "pinned": _on_pinned, "alarm": _on_alarm, "duplicate": _on_duplicate,
+             "meta": _on_meta, "pinned": _on_pinned, "alarm": _on_alarm,
              "replicas_planned": _on_replicas_planned, "verdict": _on_verdict, "round_judged": _on_round_judged,
              "certify_stopped": _on_certify_stopped, "noise_floor": _on_noise_floor}
 

@@ -4,16 +4,23 @@ Mocking libraries patch `httpx`, but the current SDKs speak `httpx2`, so such mo
 (stdlib only) binds 127.0.0.1 on an ephemeral port and serves:
   POST /v1/chat/completions   OpenAI chat completions, streamed (SSE chunks + usage chunk + [DONE]) or not
   POST /v1/messages           Anthropic messages, streamed (message_start ... message_stop) or not
+  POST /v1/embeddings         OpenAI embeddings: a hashed bag of words per input (similar texts, similar vectors),
+                              as float lists or base64 (the openai SDK asks for base64 unless told otherwise)
   GET  /v1/models, GET /health
 As a process, in place of a vLLM server:  python -m toolkit.testing.fake_llm --port N [--replay FILE]
 """
 from __future__ import annotations
 
 import argparse
+import base64
+import math
 import os
 import json
+import re
+import struct
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 from toolkit.llm.replay import ReplayBook, rough_tokens
 
 CHUNK_CHARS = 16      # streamed text arrives in pieces this long, so clients must join deltas
+EMBEDDING_DIM = 256   # unless the request asks for `dimensions`
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 
 
@@ -230,10 +238,46 @@ def _anthropic_block_events(index: int, block: dict) -> Iterator[str]:
     yield _sse("content_block_stop", {"index": index})
 
 
+# ---- OpenAI embeddings ------------------------------------------------------------------------------------
+
+def fake_embedding(text: str, dim: int = EMBEDDING_DIM) -> list[float]:
+    """A unit vector from hashed lower-cased words (signed feature hashing): deterministic across processes, and
+    texts sharing words get a high cosine. Not a semantic model: synonyms share nothing."""
+    vector = [0.0] * dim
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        h = zlib.crc32(word.encode())
+        vector[h % dim] += 1.0 if h & (1 << 31) else -1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
+
+def _embedding_value(vector: list[float], encoding: str | None) -> list[float] | str:
+    """As the real API: base64 of little-endian float32 when asked, else a list of floats."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if encoding == "base64" else vector
+
+
+def _openai_embeddings(body: dict, reply: FakeReply) -> dict:
+    texts = body.get("input", [])
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    dim = int(body.get("dimensions") or EMBEDDING_DIM)
+    data = [{"object": "embedding", "index": i,
+             "embedding": _embedding_value(fake_embedding(str(t), dim), body.get("encoding_format"))}
+            for i, t in enumerate(texts)]
+    tokens = sum(rough_tokens(str(t)) for t in texts)
+    return {"object": "list", "data": data, "model": body.get("model", ""),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def _never_streamed(body: dict, reply: FakeReply) -> Iterator[str]:
+    """Embeddings have no streamed form (the API has no `stream` flag): a request that sets one gets nothing."""
+    return iter(())
+
+
 # path -> (whole answer, stream of SSE events)
 _ROUTES: dict[str, tuple[Callable[[dict, FakeReply], dict], Callable[[dict, FakeReply], Iterator[str]]]] = {
     "/v1/chat/completions": (_openai_whole, _openai_stream),
     "/v1/messages": (_anthropic_whole, _anthropic_stream),
+    "/v1/embeddings": (_openai_embeddings, _never_streamed),
 }
 
 

@@ -31,6 +31,13 @@ learning_rate = 1e-3
 budget_s = float(os.environ.get("TRAIN_BUDGET_S", "5"))
 quick_check = os.environ.get("TOOLKIT_QUICK_CHECK", "") == "1"  # preflight: 2 steps, no checkpoint
 seed = 0
+# the toolkit sets TOOLKIT_SEED for its noise-floor and certification re-runs: it then replaces the seed above,
+# which seeds the init and the batch order; keep honouring it (unset, every run is the same seed-0 run)
+if "TOOLKIT_SEED" in os.environ:
+    seed_text = os.environ["TOOLKIT_SEED"]
+    if not (seed_text.isdecimal() and int(seed_text) < 2**32):
+        raise ValueError(f"TOOLKIT_SEED must be a decimal integer in [0, 2**32), got {seed_text!r}")
+    seed = int(seed_text)
 
 
 @dataclass

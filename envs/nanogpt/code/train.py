@@ -63,6 +63,15 @@ train_budget_s = 1500.0
 compile_model = True       # torch.compile; its compile time is spent before the clock starts
 log_every = 100
 seed = 1337
+data_seed = None           # None: the shards in name order, each read from its first token
+# the toolkit sets TOOLKIT_SEED for its noise-floor and certification re-runs: it then replaces the seed above
+# (the init) and also seeds the data order (DataLoader: the shard order and where the first shard starts);
+# keep honouring it (unset, every run is the same seed-1337, name-ordered run)
+if "TOOLKIT_SEED" in os.environ:
+    seed_text = os.environ["TOOLKIT_SEED"]
+    if not (seed_text.isdecimal() and int(seed_text) < 2**32):
+        raise ValueError(f"TOOLKIT_SEED must be a decimal integer in [0, 2**32), got {seed_text!r}")
+    seed = data_seed = int(seed_text)
 
 if smoke:  # a few CPU seconds: tiny model, fp32, no compile, synthetic shards (made by the smoke `prepare`)
     data_dir = os.path.join(data_dir, "smoke")
@@ -184,14 +193,21 @@ def load_tokens(path):
 
 class DataLoader:
     """Reads the shards in order. Each step takes one chunk of B*T*world tokens, and rank r trains on
-    the r-th slice of it, so the ranks never see the same tokens. Wraps around after the last shard."""
+    the r-th slice of it, so the ranks never see the same tokens. Wraps around after the last shard.
+    With a seed, the shard order is a seeded permutation and the first shard is entered at a seeded
+    position; every rank draws the same numbers from the same seed, so they still split the same chunks."""
 
-    def __init__(self, pattern, B, T, rank, world_size):
+    def __init__(self, pattern, B, T, rank, world_size, seed=None):
         self.files = sorted(glob.glob(pattern))
         assert self.files, f"no shards match {pattern}: run prepare.py (or set TOOLKIT_SMOKE=1)"
         self.B, self.T, self.rank, self.world_size = B, T, rank, world_size
+        if seed is not None:
+            rng = np.random.default_rng(seed)
+            self.files = [self.files[i] for i in rng.permutation(len(self.files))]
         self.shard = -1
         self.next_shard()
+        if seed is not None:  # a seeded start too: permuting few shards (smoke: two) changes little
+            self.pos = int(rng.integers(max(1, len(self.tokens) - B * T * world_size)))
 
     def next_shard(self):
         self.shard = (self.shard + 1) % len(self.files)
@@ -237,7 +253,8 @@ def train():
     tokens_per_micro_step = batch_size * block_size * world_size
     assert total_batch_size % tokens_per_micro_step == 0, "total_batch_size must divide into micro-steps"
     grad_accum_steps = total_batch_size // tokens_per_micro_step
-    loader = DataLoader(os.path.join(data_dir, train_pattern), batch_size, block_size, rank, world_size)
+    loader = DataLoader(os.path.join(data_dir, train_pattern), batch_size, block_size, rank, world_size,
+                        data_seed)
 
     config = GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
                        n_embd=n_embd)
