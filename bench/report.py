@@ -12,7 +12,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-ORDER = ("submit", "makespan", "polling", "collect", "daemon_idle", "implementer")
+ORDER = ("submit", "makespan", "polling", "collect", "daemon_idle", "implementer", "confine", "certify")
 
 
 def load(paths: list[Path]) -> list[dict]:

@@ -258,6 +258,16 @@ def test_budget_forcing_closes_thinking_and_masks_the_forced_token() -> None:
     assert unforced.sample([100], 3)[0] == Completion((1, 2, 3), (1, 1, 1))
 
 
+def test_near_duplicate_share_uses_the_search_check() -> None:
+    from toolkit.rl.metrics import near_duplicate_share
+
+    ideas = ["Cosine schedule: decay the learning rate with a cosine to zero.",
+             "Cosine schedule: decay the learning rate with a cosine to zero.",
+             "Linear schedule: decay the learning rate linearly to zero.",
+             "Weight decay 0.1: add decoupled weight decay of 0.1 to AdamW."]
+    assert near_duplicate_share(ideas) == 0.25 and near_duplicate_share([]) is None
+
+
 def test_diversity_metrics() -> None:
     same = diversity(["Use LayerNorm instead of RMSNorm"] * 4, 0.7)
     assert (same.distinct, same.mean_jaccard, same.top_share) == (1, 1.0, 1.0)

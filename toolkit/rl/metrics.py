@@ -64,6 +64,20 @@ def diversity(ideas: Sequence[str], threshold: float) -> Diversity:
     return Diversity(distinct=len(sizes), mean_jaccard=mean_pairwise_jaccard(sets), top_share=top)
 
 
+def near_duplicate_share(ideas: Sequence[str]) -> float | None:
+    """Share of a step's ideas that the search's own duplicate check (toolkit.dedup, text method) would skip:
+    a near-duplicate of an idea sampled before it in the same step. The same yardstick in search and RL."""
+    from toolkit.dedup import DuplicateFinder
+
+    if not ideas:
+        return None
+    finder, seen, found = DuplicateFinder("text"), [], 0
+    for i, text in enumerate(ideas):
+        found += finder.find(text, seen) is not None
+        seen.append((str(i), text))
+    return found / len(ideas)
+
+
 def mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 

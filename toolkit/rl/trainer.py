@@ -23,7 +23,7 @@ from toolkit.rl import checkpoint
 from toolkit.rl.config import RLConfig, load_rl_config
 from toolkit.rl.grpo import UpdateStats, group_advantages, make_optimizer, policy_gradient_step
 from toolkit.rl.layout import CheckpointPaths, RLLayout, StepPaths
-from toolkit.rl.metrics import diversity, mean, metrics_table, word_set
+from toolkit.rl.metrics import diversity, mean, metrics_table, near_duplicate_share, word_set
 from toolkit.rl.policy import encode_prompt, ensure_base_model, load_policy, load_tokenizer, think_close_id
 from toolkit.rl.prompt import ideation_prompt, previous_results
 from toolkit.rl.rewards import Reward, shape_reward
@@ -156,6 +156,7 @@ def step_metrics(n: int, rollouts: list[Rollout], rewards: list[Reward], stats: 
             "idea_tokens_mean": mean([r.idea_tokens for r in rollouts if r.idea is not None]),
             "forced_close_rate": mean([float(r.forced_close) for r in rollouts]),
             "distinct_ideas": div.distinct, "mean_jaccard": div.mean_jaccard, "top_idea_share": div.top_share,
+            "near_duplicate_share": near_duplicate_share(ideas),
             "loss": stats.loss, "grad_norm": stats.grad_norm, "trained_rollouts": stats.trained_rollouts,
             "trained_tokens": stats.trained_tokens, "time": time.time()}
 
