@@ -98,8 +98,16 @@ def test_false_certification_rate_is_consistent_with_alpha(noise: str) -> None:
     assert rate <= 0.01 + 3 * (0.01 * 0.99 / 10_000) ** 0.5
 
 
+def test_a_diff_that_touches_seeding_is_seen() -> None:
+    from toolkit.certify import seeding_lines
+
+    pinned = make_diff(NOISY_ENV / "code", "train.py", 'SEED = int(os.environ.get("TOOLKIT_SEED", "1337"))', "SEED = 7")
+    assert seeding_lines(pinned) and not seeding_lines(make_diff(NOISY_ENV / "code", "train.py", "EFFECT = 0.0 ", "EFFECT = 0.3 "))
+
+
 # ---- a real search --------------------------------------------------------------------------------------
 IDEAS = {
+    "pin": "Pin SEED to 7, a seed that scored well.",
     "noop": "Add a comment above NOISE_SD explaining it.",
     "harm": "Set EFFECT to -0.5 to make the score worse.",
     "real": "Set EFFECT to 0.3 to make the score better.",
@@ -115,6 +123,9 @@ def noisy_responder(code: Path, ideas: list[tuple[str, str]]):
             return make_diff(code, "train.py", "EFFECT = 0.0 ", "EFFECT = -0.5 ")
         if marker == "real":
             return make_diff(code, "train.py", "EFFECT = 0.0 ", "EFFECT = 0.3 ")
+        if marker == "pin":   # a lucky seed, hard-coded: the screening run is lucky and so would every re-run be
+            return make_diff(code, "train.py", 'SEED = int(os.environ.get("TOOLKIT_SEED", "1337"))', "SEED = 7",
+                             "EFFECT = 0.0 ", "EFFECT = 0.2 ")
         number = marker.removeprefix("noop")
         return make_diff(code, "train.py", "NOISE_SD = 0.04", f"# no-op {number}: the spread between seeds\nNOISE_SD = 0.04")
 
@@ -125,7 +136,7 @@ def noisy_responder(code: Path, ideas: list[tuple[str, str]]):
             batch = ideas[handed["n"]: handed["n"] + count]
             handed["n"] += len(batch)
             return FakeReply(text=json.dumps([{"title": f"[{m}]", "description": t} for m, t in batch]))
-        marker = re.search(r"\[(noop\d*|harm|real)\]", prompt.split("# The idea to implement")[-1]).group(1)
+        marker = re.search(r"\[(noop\d*|harm|real|pin)\]", prompt.split("# The idea to implement")[-1]).group(1)
         return FakeReply(text=diff_for(marker))
     return respond
 
@@ -145,7 +156,7 @@ def noisy_config(tmp_path: Path, base_url: str, ideas: int, **certify) -> Search
 def test_search_certifies_the_real_change_only(tmp_path: Path, capsys) -> None:
     ideas = [(m, t) for m, t in IDEAS.items()]
     with FakeLLMServer(noisy_responder(NOISY_ENV / "code", ideas)) as server:
-        cfg = noisy_config(tmp_path, server.base_url, 3, budget_share=0.9)
+        cfg = noisy_config(tmp_path, server.base_url, 4, budget_share=0.9)
         state = run_search(tmp_path / "run", cfg, Console(record=True), live=False)
     floor = state.meta["floor"]
     assert floor["n"] == 3 and 0 < floor["sd"] < 0.2 and not floor["seed_ignored"]
@@ -155,6 +166,9 @@ def test_search_certifies_the_real_change_only(tmp_path: Path, capsys) -> None:
     assert real.cert_low < real.cert_metric < real.cert_high and abs(real.cert_metric - 0.7) < 0.15
     assert by_marker["harm"].verdict != "certified"
     assert by_marker["noop"].verdict != "certified"
+    pinned = by_marker["pin"]
+    assert pinned.verdict == "unreproducible" and "seeded" in pinned.verdict_reason and pinned.cert_n == 0
+    assert not any(v.parent == pinned.cid for v in state.replicas.values())     # no GPU spent on it
     seeds = [v.seed for v in state.replicas.values()]
     assert len(seeds) == len(set(seeds)) and -1 not in seeds          # every replica a fresh seed
     events = [json.loads(line) for line in RunLayout(tmp_path / "run").events.read_text().splitlines()]

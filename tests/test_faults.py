@@ -158,6 +158,37 @@ def test_bad_env_dir_fails_before_any_job(tmp_path: Path, capsys) -> None:
     assert rc == 2 and "metrik" in out and str(env / "env.yaml") in out.replace("\n", "")
 
 
+def test_an_empty_config_creates_nothing(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["evolve", "--config", "/dev/null"]) == 2
+    assert "config is empty" in capsys.readouterr().out and not (tmp_path / "runs").exists()
+    config = tmp_path / "no-key.yaml"     # a provider whose key is missing: also before any run directory
+    config.write_text(yaml.safe_dump({"env": str(copy_env(tmp_path / "env")), "run_dir": str(tmp_path / "run"),
+                                      "llm": {"ideator": {"provider": "anthropic", "model": "claude-sonnet-4-6",
+                                                          "api_key_env": "TOOLKIT_TEST_NO_SUCH_KEY"}}}))
+    assert main(["evolve", "--config", str(config)]) == 2
+    assert "TOOLKIT_TEST_NO_SUCH_KEY" in capsys.readouterr().out and not (tmp_path / "run").exists()
+
+
+def test_a_broken_environment_stops_before_any_llm_call(tmp_path: Path, capsys, monkeypatch) -> None:
+    """The environment cannot run its own baseline (a package its training needs is missing): the search ends
+    at once with that error and no LLM call, instead of sending every idea through every revision."""
+    env = copy_env(tmp_path / "env")
+    (env / "code" / "train.py").write_text("import toolkit_no_such_package\n" + (env / "code" / "train.py").read_text())
+    with FakeLLMServer(toy_search_responder()) as server:
+        llm = {"provider": "openai-compatible", "model": "fake", "base_url": server.base_url + "/v1"}
+        config = tmp_path / "search.yaml"
+        config.write_text(yaml.safe_dump({"env": str(env), "run_dir": str(tmp_path / "run"),
+                                          "llm": {"ideator": llm, "implementer": llm},
+                                          "cluster": {"cluster": "debug"}}))
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        rc = main(["evolve", "--config", str(config)])
+        assert server.requests == []
+    out = capsys.readouterr().out
+    assert rc == 2 and "toolkit_no_such_package" in out and "quick check" in out
+    assert not list((tmp_path / "run" / "candidates").iterdir())
+
+
 def _ideas(tmp_path: Path) -> Path:
     path = tmp_path / "ideas.jsonl"
     path.write_text('{"idea": "x"}\n')

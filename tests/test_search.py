@@ -55,6 +55,9 @@ def test_search_three_epochs_local(tmp_path: Path) -> None:
     assert "exploit" in origins and "explore" in origins
     events = (tmp_path / "run" / "state" / "events.jsonl").read_text()
     assert events.count('"kind": "submitted"') == 13  # 12 ideas + baseline, each exactly once
+    calls = sorted((tmp_path / "run" / "ideas" / "calls").glob("*.prompt.md"))   # every ideation call kept
+    assert len(calls) == 6 and all(c.with_name(c.name.replace(".prompt.", ".response.")).exists() for c in calls)
+    assert "Reply with ONLY a JSON array" in calls[0].read_text()
 
 
 def test_budget_stops_new_work(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ tick: it plans the noise floor and the rounds as events, builds the replicas' co
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import statistics
 from dataclasses import dataclass
@@ -138,6 +139,17 @@ def nominees(views: dict[str, CandidateView], bar: float | None, k: int) -> list
     return [v.cid for v in sorted(pool, key=lambda v: (-float(v.reward), v.cid))[:k]]  # type: ignore[arg-type]
 
 
+SEED_WORD = re.compile(r"seed", re.IGNORECASE)
+
+
+def seeding_lines(diff: str) -> list[str]:
+    """Changed lines of a diff that mention a seed (TOOLKIT_SEED, manual_seed, a seed constant). Fresh-seed
+    re-runs are the evidence of a certificate, so a candidate that changes how it is seeded (pinning a lucky
+    seed) cannot be certified."""
+    changed = [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    return [line for line in changed if SEED_WORD.search(line)]
+
+
 def replica_id(cid: str, seed: int) -> str:
     return f"{cid}{REPLICA_MARK}s{seed}"
 
@@ -179,7 +191,7 @@ class Certifier:
         """A round after an epoch ends (every epoch, or the last one only)."""
         if not self.on or self.state.meta.get("certify_stopped") or not (self.c.every_epoch or last):
             return
-        picked = nominees(self.state.candidates, self._screen_bar(), self.c.top_k)
+        picked = self._without_seed_changes(nominees(self.state.candidates, self._screen_bar(), self.c.top_k))
         fits = self.affordable(len(picked))
         if picked and fits == 0:
             self.log.emit("certify_stopped", reason=f"the certification share of the budget "
@@ -187,6 +199,20 @@ class Certifier:
             return
         if picked:
             self._plan_round(epoch, picked[:fits])
+
+    def _without_seed_changes(self, cids: list[str]) -> list[str]:
+        """Nominees whose diff touches seeding get their verdict at once, without re-runs."""
+        keep = []
+        for cid in cids:
+            patch = self.layout.candidate(cid).patch
+            lines = seeding_lines(patch.read_text(errors="replace")) if patch.is_file() else []
+            if not lines:
+                keep.append(cid)
+                continue
+            self.log.emit("verdict", cid=cid, round=-1, verdict="unreproducible", n=0,
+                          reason=f"its diff changes how runs are seeded ({lines[0].strip()[:120]}): fresh-seed "
+                                 "re-runs are the evidence of a certificate, so a change to seeding cannot be certified")
+        return keep
 
     def _plan_round(self, epoch: int, cids: list[str]) -> None:
         seeds = self.next_seeds(len(cids) * self.c.seeds + self.c.baseline_seeds)

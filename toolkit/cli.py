@@ -20,7 +20,7 @@ from toolkit.errors import ConfigError, ToolkitError
 from toolkit.layout import RunLayout
 from toolkit.records import Idea
 from toolkit.executor import execute_ideas
-from toolkit.runs import load_run_config, prefer_real_llm, with_llm
+from toolkit.runs import check_inputs, load_run_config, prefer_real_llm, with_llm
 from toolkit.state import load_state
 
 console = Console()
@@ -81,6 +81,7 @@ def apply_flags(cfg, args: argparse.Namespace):
 def cmd_execute(args: argparse.Namespace) -> int:
     cfg = apply_flags(load_run_config(Path(args.config) if args.config else None), args)
     ideas = read_ideas(Path(args.ideas))
+    check_inputs(cfg)
     state = execute_ideas(Path(args.out), cfg, ideas, live=True)
     console.print(dashboard.execute_view(state))
     rate = state.execution_rate()
@@ -105,6 +106,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     config_path = Path(args.config) if args.config else None
     cfg = apply_flags(load_run_config(config_path, SearchRunConfig), args)
     cfg = prefer_real_llm(cfg, dict(os.environ))
+    check_inputs(cfg)
     run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(cfg, config_path)
     if cfg.llm.ideator.provider == "replay":
         console.print("[bold yellow]Replay mode:[/] the LLM answers come from a bundled recording "

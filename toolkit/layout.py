@@ -5,6 +5,7 @@ runs/<name>/
   daemon.lock                    pid@host of the daemon that owns the run
   env/                           snapshot of the environment (env.yaml + pristine codebase) taken at start
   ideas/<idea_id>.json
+  ideas/calls/                   every ideation prompt and the LLM's response, as sent and received
   candidates/<cid>/idea.json     the idea this candidate implements
   candidates/<cid>/code/         the patched codebase the job runs in
   candidates/<cid>/patch.diff    the diff that applied
@@ -19,6 +20,7 @@ runs/<name>/
   jobs/                          submitit folders (%A_%a)
   state/events.jsonl             append-only event log: the daemon rebuilds its state from it
   state/llm_calls.jsonl          one line per LLM call (tokens, cost, status)
+  state/baseline_checked         stamp: the unchanged codebase passed the env's quick check (once per run)
 """
 from __future__ import annotations
 
@@ -100,6 +102,11 @@ class RunLayout:
         return self.ideas / f"{idea_id}.json"
 
     @property
+    def ideation_calls(self) -> Path:
+        """Every ideation prompt and response (<epoch>-<ideas before it>-<mode>-<ms>.prompt.md / .response.md)."""
+        return self.ideas / "calls"
+
+    @property
     def candidates(self) -> Path:
         return self.root / "candidates"
 
@@ -132,6 +139,11 @@ class RunLayout:
     @property
     def llm_calls(self) -> Path:
         return self.state / "llm_calls.jsonl"
+
+    @property
+    def baseline_checked(self) -> Path:
+        """Stamp: the environment's unchanged codebase passed its quick check in this run (checked once)."""
+        return self.state / "baseline_checked"
 
     def make(self) -> None:
         for folder in (self.ideas, self.candidates, self.replicas, self.jobs, self.state):

@@ -15,7 +15,7 @@ from toolkit.config import RunConfig, from_dict, load_yaml, to_dict
 from toolkit.daemon import Parts
 from toolkit.envs import EnvSpec, data_dirs, load_env, tree_sha256
 from toolkit.errors import ConfigError, EnvError
-from toolkit.implementer import Implementer
+from toolkit.implementer import Implementer, preflight
 from toolkit.layout import RunLayout
 from toolkit.llm.base import ChatRequest, LLMClient, LLMReply, LLMSettings, SpendMeter, make_client
 from toolkit.scheduler import make_cluster
@@ -23,9 +23,24 @@ from toolkit.state import load_state
 
 
 def load_run_config(path: Path | None, cls: type = RunConfig) -> Any:
+    """The config file as `cls`; an empty file (or /dev/null) is an error, not a run of every default."""
     if path is None:
         return cls()
-    return from_dict(cls, load_yaml(path), str(path))
+    data = load_yaml(path)
+    if not data:
+        raise ConfigError(f"{path}: the config is empty; a run needs at least `env:` and its `llm:` settings "
+                          f"(see configs/quickstart.yaml)")
+    return from_dict(cls, data, str(path))
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """Before a run directory is created: the environment loads, and both LLM clients build (a missing key,
+    replay file or provider fails here; a served model gets its endpoint later, so it is not checked)."""
+    load_env(cfg.env, smoke=cfg.smoke)
+    if getattr(getattr(cfg, "serve_llm", None), "model", ""):
+        return
+    for settings in (cfg.llm.ideator, cfg.llm.implementer):
+        make_client(settings)
 
 
 def save_config(layout: RunLayout, cfg: RunConfig) -> RunConfig:
@@ -91,6 +106,20 @@ def prepare_data(spec: EnvSpec, cfg: RunConfig) -> tuple[Path, Path]:
     return public, hidden
 
 
+def check_baseline(layout: RunLayout, spec: EnvSpec, cfg: RunConfig, public: Path, sandbox: str) -> None:
+    """Once per run, before any idea is implemented: the environment's own codebase must pass its quick check.
+    A broken environment (missing package, data, driver) otherwise fails every idea through every revision and
+    spends the LLM budget on it."""
+    stamp = layout.baseline_checked
+    if stamp.exists() or not spec.quick_check.strip():
+        return
+    problem = preflight(spec.code_dir, spec, cfg.implement.quick_check_timeout_s, public, sandbox)
+    if problem:
+        raise EnvError(f"{Path(spec.root) / 'env.yaml'}: the unchanged codebase fails its own quick check, so no "
+                       f"idea could pass it; nothing was sent to an LLM. Fix the environment, then rerun:\n{problem}")
+    fsio.atomic_write_text(stamp, "the unchanged codebase passed its quick check\n")
+
+
 def llm_ledger(layout: RunLayout) -> Any:
     def on_reply(req: ChatRequest, reply: LLMReply) -> None:
         fsio.append_jsonl(layout.llm_calls, {"tag": req.tag, "status": reply.status, "reason": reply.reason[:300],
@@ -113,6 +142,7 @@ def open_run(run_dir: Path, cfg: RunConfig, adjust: Callable[[Any], Any] | None 
     spec = snapshot_env(layout, cfg)
     sandbox = check_sandbox(cfg)
     public, hidden = prepare_data(spec, cfg)
+    check_baseline(layout, spec, cfg, public, sandbox)
     meter = SpendMeter(cap_usd=spend_cap(cfg), spent_usd=load_state(layout).llm_spend_usd)
     llm = make_llm(cfg.llm.implementer, meter, layout)
     implementer = Implementer(spec, llm, cfg.implement, public, sandbox)

@@ -193,6 +193,7 @@ class SearchDaemon(Daemon):
         endpoint); the tick registers both."""
         tag = f"e{epoch}:{len(context['avoid'])}"
         proposal = self.ideator.propose(call, context["exemplars"], context["avoid"], context["baseline"], tag)
+        self._keep_call(f"e{epoch:02d}-{len(context['avoid']):03d}-{call.mode}", proposal)
         try:
             found = self.duplicates(list(proposal.ideas), context["earlier"])
         except DedupError as exc:   # the check is a saving, never a reason to lose ideas
@@ -200,6 +201,13 @@ class SearchDaemon(Daemon):
         else:
             error = ""
         self.batches.put(Batch(epoch, call, proposal, found, error))
+
+    def _keep_call(self, name: str, proposal: Proposal) -> None:
+        """The prompt and the response of every ideation call, beside the ideas (as the implementer keeps its)."""
+        stem = self.p.layout.ideation_calls / f"{name}-{int(time.time() * 1000)}"
+        fsio.atomic_write_text(stem.with_suffix(".prompt.md"), proposal.prompt)
+        reply = proposal.response if proposal.status == "ok" else f"[{proposal.status}] {proposal.reason}\n{proposal.response}"
+        fsio.atomic_write_text(stem.with_suffix(".response.md"), reply)
 
     def duplicates(self, texts: list[str], earlier: list[tuple[str, str]]) -> tuple[Match | None, ...]:
         """Each new idea against every earlier idea of the search, and against those before it in the batch."""
