@@ -103,6 +103,8 @@ def test_a_diff_that_touches_seeding_is_seen() -> None:
 
     pinned = make_diff(NOISY_ENV / "code", "train.py", 'SEED = int(os.environ.get("TOOLKIT_SEED", "1337"))', "SEED = 7")
     assert seeding_lines(pinned) and not seeding_lines(make_diff(NOISY_ENV / "code", "train.py", "EFFECT = 0.0 ", "EFFECT = 0.3 "))
+    comment = make_diff(NOISY_ENV / "code", "train.py", "NOISE_SD = 0.04", "# seeds matter here\nNOISE_SD = 0.04")
+    assert not seeding_lines(comment)                       # a comment about seeds changes no seeding
 
 
 # ---- a real search --------------------------------------------------------------------------------------

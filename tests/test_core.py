@@ -44,7 +44,7 @@ def test_shipped_and_user_envs_load() -> None:
     ({"codebase": "missing"}, "codebase directory"),
     ({"direction": "up"}, "direction"),
     ({"gpus": 1}, "unknown key(s) gpus"),
-    ({"references": {"paper: best": "68.8%"}}, "references: 'paper: best' must be a number"),
+    ({"references": {"paper: best": "68.8%"}}, "references.paper: best: expected float, got '68.8%'"),
     ({"resources": {"run_budget_s": "long"}}, "run_budget_s: expected float"),
 ])
 def test_bad_env_yaml_names_file_and_key(tmp_path: Path, edit: dict, complaint: str) -> None:

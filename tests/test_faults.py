@@ -140,13 +140,16 @@ def test_half_written_result_gets_time_to_complete(tmp_path: Path) -> None:
     ({"search": {"epochs": 0}}, "epochs"),
     ({"llm": {"ideator": {"provider": "gemini"}}}, "gemini"),
     ({"env": "/nonexistent/env"}, "env.yaml"),
+    ({"cluster": {"sbatch_extra": ["--constraint=h100"]}}, "sbatch_extra"),     # a list where a mapping belongs
+    ({"serve_llm": {"roles": "ideator"}}, "roles"),                            # a string where a list belongs
+    ({"cluster": {"env_passthrough": ["SITE_*", "HF_TOKEN"]}}, "HF_TOKEN"),     # a secret never travels
 ])
 def test_bad_config_fails_before_any_job(tmp_path: Path, capsys, edit: dict, needle: str) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({"env": str(copy_env(tmp_path / "env")), "run_dir": str(tmp_path / "run"), **edit}))
     rc = main(["evolve", "--config", str(config), "--cluster", "debug"])
     out = capsys.readouterr().out
-    assert rc == 2 and needle in out and "error" in out
+    assert rc == 2 and needle in out.replace("\n", "") and "error" in out
     assert not (tmp_path / "run" / "jobs").exists() or not any((tmp_path / "run" / "jobs").iterdir())
 
 
@@ -187,6 +190,15 @@ def test_a_broken_environment_stops_before_any_llm_call(tmp_path: Path, capsys, 
     out = capsys.readouterr().out
     assert rc == 2 and "toolkit_no_such_package" in out and "quick check" in out
     assert not list((tmp_path / "run" / "candidates").iterdir())
+
+
+def test_a_multi_node_environment_is_refused_before_any_job(tmp_path: Path, capsys) -> None:
+    env = copy_env(tmp_path / "env")
+    text = (env / "env.yaml").read_text().replace("resources: {gpus: 0,", "resources: {nodes: 2, gpus: 0,")
+    (env / "env.yaml").write_text(text)
+    rc = main(["execute", str(_ideas(tmp_path)), "--env", str(env), "--out", str(tmp_path / "run"), "--cluster", "debug"])
+    out = capsys.readouterr().out.replace("\n", "")
+    assert rc == 2 and "multi-node candidates are not supported yet" in out and not (tmp_path / "run").exists()
 
 
 def _ideas(tmp_path: Path) -> Path:
@@ -285,3 +297,36 @@ def test_the_cluster_is_asked_once_per_poll_s_while_an_implementation_is_in_flig
     assert 9 <= len(calls) <= 11, len(calls)    # 99 s at poll_s 10: about ten queries, not 99
     del daemon.inflight["busy"]
     assert daemon.tick() == 10.0                # nothing in flight: the tick sleeps poll_s
+
+
+def test_a_failing_sbatch_backs_off_instead_of_retrying_every_tick(tmp_path: Path) -> None:
+    """A submission that fails (a bad partition, a full queue) is retried at poll_s, 2 x, 4 x, ... (capped), not
+    on every tick; the first success resets the backoff and nothing is submitted twice."""
+    tries = []
+
+    class Refusing(StubCluster):
+        def submit(self, tasks, resources, job_name):
+            tries.append(len(tries))
+            if len(tries) < 6:
+                raise RuntimeError("sbatch: error: Batch job submission failed: Invalid partition name specified")
+            return super().submit(tasks, resources, job_name)
+
+    daemon = collector(tmp_path, [])
+    daemon.p.cluster = Refusing(daemon.p.layout.jobs, daemon.p.cfg.cluster)
+    now = [daemon.clock()]
+    daemon.clock = lambda: now[0]
+    for cid in ("a", "b"):
+        paths = daemon.p.layout.candidate(cid)
+        shutil.copytree(daemon.p.spec.code_dir, paths.code)
+        fsio.atomic_write_json(paths.idea, to_json(Idea(idea_id=cid, text=cid)))
+        fsio.atomic_write_json(paths.implement, to_json(ImplementOutcome(cid=cid, status="ready")))
+        fsio.atomic_write_text(paths.ready, "")
+    for _ in range(40):                    # 40 ticks, one a second (poll_s 10 by default: 10, 20, 40, ...)
+        daemon.listing = (-1, 0.0)
+        daemon.tick()
+        now[0] += 1.0
+    failed = [json.loads(line) for line in daemon.p.layout.events.read_text().splitlines()
+              if '"kind": "submit_failed"' in line]
+    assert len(tries) == 3 and len(failed) == 3, tries             # t = 0, 10, 30: not 40 tries
+    assert [f["retry_in_s"] for f in failed] == [10.0, 20.0, 40.0]
+    assert "Invalid partition" in failed[0]["reason"]

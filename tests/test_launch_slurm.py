@@ -1,5 +1,6 @@
-"""`sbatch slurm/launch_search.sh CONFIG` runs the search daemon as a SLURM job to the end, and a TERM
-(the time limit's warning) makes it stop cleanly and requeue itself; the requeued job resumes the run."""
+"""`sbatch slurm/launch_search.sh CONFIG` runs the search daemon as a SLURM job to the end: USR1 (the time
+limit's warning) makes it stop cleanly and requeue itself, and the requeued job resumes the run; a plain
+`scancel` (TERM) stops it cleanly without a requeue. Its log, with no terminal, gets plain progress lines."""
 from __future__ import annotations
 
 import json
@@ -38,7 +39,8 @@ def test_launch_search_requeues_and_completes(tmp_path: Path) -> None:
             "env": str(copy_env(tmp_path / "env")), "run_dir": str(tmp_path / "run"),
             "llm": {"ideator": llm, "implementer": llm}, "implement": {"samples": 1, "revisions": 1},
             "cluster": {"cluster": "local", "poll_s": 1.0},
-            "search": {"epochs": 2, "ideas_per_epoch": 3, "ideas_per_call": 3}}))
+            "search": {"epochs": 2, "ideas_per_epoch": 3, "ideas_per_call": 3, "certify": {"enabled": False},
+                       "dedup": {"method": "off"}}}))
         out = subprocess.run(["sbatch", "--parsable", f"--chdir={ROOT}", f"--output={tmp_path}/daemon-%j.out",
                               f"--export=ALL,TOOLKIT_BIN={ROOT}/.venv/bin/toolkit",
                               str(ROOT / "slurm" / "launch_search.sh"), str(config)],
@@ -48,7 +50,7 @@ def test_launch_search_requeues_and_completes(tmp_path: Path) -> None:
         deadline = time.time() + 240
         while time.time() < deadline and '"kind": "submitted"' not in _events(run):
             time.sleep(0.5)
-        subprocess.run(["scancel", "--batch", "--signal=TERM", job_id], check=True)  # as at the time limit
+        subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True)  # as at the time limit
         while time.time() < deadline and not finished(run):
             time.sleep(1)
         assert finished(run), _log(tmp_path)
@@ -63,6 +65,38 @@ def test_launch_search_requeues_and_completes(tmp_path: Path) -> None:
     # (a local task killed with the requeued job may be retried as attempt 1: a retry, not a duplicate)
     results = {e["cid"] for e in events if e["kind"] == "result"}
     assert results == set(first)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_scancel_stops_the_search_without_a_requeue(tmp_path: Path) -> None:
+    with FakeLLMServer(toy_search_responder()) as server:
+        llm = {"provider": "openai-compatible", "model": "fake", "base_url": server.base_url + "/v1"}
+        config = tmp_path / "search.yaml"
+        config.write_text(yaml.safe_dump({
+            "env": str(copy_env(tmp_path / "env")), "run_dir": str(tmp_path / "run"),
+            "llm": {"ideator": llm, "implementer": llm}, "implement": {"samples": 1, "revisions": 1},
+            "cluster": {"cluster": "local", "poll_s": 1.0},
+            "search": {"epochs": 50, "ideas_per_epoch": 3, "ideas_per_call": 3}}))
+        out = subprocess.run(["sbatch", "--parsable", f"--chdir={ROOT}", f"--output={tmp_path}/daemon-%j.out",
+                              f"--export=ALL,TOOLKIT_BIN={ROOT}/.venv/bin/toolkit",
+                              str(ROOT / "slurm" / "launch_search.sh"), str(config)],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        job_id = out.split(";")[0]
+        run = tmp_path / "run"
+        deadline = time.time() + 240
+        while time.time() < deadline and '"kind": "submitted"' not in _events(run):
+            time.sleep(0.5)
+        subprocess.run(["scancel", job_id], check=True)
+        while time.time() < deadline and not any(s.startswith("CANCELLED") for s in sacct_states(job_id)):
+            time.sleep(1)
+        time.sleep(3)
+    states = sacct_states(job_id)
+    assert any(s.startswith("CANCELLED") for s in states) and "REQUEUED" not in states, states
+    log = _log(tmp_path)
+    assert "not requeueing" in log and "restart 1" not in log, log
+    assert "progress:" in log, log       # no terminal: plain progress lines, not a Rich frame at exit
+    assert not finished(run)
 
 
 def _events(run: Path) -> str:

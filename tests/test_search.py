@@ -167,3 +167,25 @@ def test_near_duplicate_ideas_are_skipped_and_linked(tmp_path: Path) -> None:
     import pandas as pd
     summary = pd.read_csv(build_report(tmp_path / "run").html.parent / "certification_summary.csv").iloc[0]
     assert summary["duplicates_skipped"] == len(dups)
+
+
+def test_without_a_terminal_progress_comes_as_log_lines(tmp_path: Path, caplog) -> None:
+    """A batch job's log (no terminal): a line per state change and a progress line, not one Rich frame at exit."""
+    import logging
+
+    import yaml
+
+    from toolkit.cli import main
+
+    caplog.set_level(logging.INFO, logger="toolkit.progress")
+    with FakeLLMServer(toy_search_responder()) as server:
+        cfg = search_config(tmp_path, server.base_url, cluster="debug", epochs=1)
+        path = tmp_path / "search.yaml"
+        data = _as_dict(cfg)
+        data["run_dir"] = str(tmp_path / "run")
+        data["llm"]["ideator"]["api_key_env"] = data["llm"]["implementer"]["api_key_env"] = "PATH"
+        path.write_text(yaml.safe_dump(data))
+        assert main(["evolve", "--config", str(path)]) == 0
+    text = caplog.text
+    assert "progress: epoch 1/1" in text and "submitted baseline as job" in text
+    assert "result baseline: ok, metric" in text and "search finished" in text

@@ -143,11 +143,12 @@ SEED_WORD = re.compile(r"seed", re.IGNORECASE)
 
 
 def seeding_lines(diff: str) -> list[str]:
-    """Changed lines of a diff that mention a seed (TOOLKIT_SEED, manual_seed, a seed constant). Fresh-seed
+    """Changed lines of a diff whose code (comments aside) mentions a seed (TOOLKIT_SEED, manual_seed, a seed
+    constant). Fresh-seed
     re-runs are the evidence of a certificate, so a candidate that changes how it is seeded (pinning a lucky
     seed) cannot be certified."""
     changed = [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
-    return [line for line in changed if SEED_WORD.search(line)]
+    return [line for line in changed if SEED_WORD.search(line[1:].split("#", 1)[0])]   # code, not comments
 
 
 def replica_id(cid: str, seed: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from toolkit.records import Idea
 from toolkit.executor import execute_ideas
 from toolkit.runs import check_inputs, load_run_config, prefer_real_llm, with_llm
 from toolkit.state import load_state
+from toolkit.shipped import config_path
 
 console = Console()
 PROVIDERS = ("anthropic", "openai", "openai-compatible", "replay")
@@ -79,7 +81,7 @@ def apply_flags(cfg, args: argparse.Namespace):
 
 
 def cmd_execute(args: argparse.Namespace) -> int:
-    cfg = apply_flags(load_run_config(Path(args.config) if args.config else None), args)
+    cfg = apply_flags(load_run_config(config_path(args.config) if args.config else None), args)
     ideas = read_ideas(Path(args.ideas))
     check_inputs(cfg)
     state = execute_ideas(Path(args.out), cfg, ideas, live=True)
@@ -103,11 +105,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_evolve(args: argparse.Namespace) -> int:
-    config_path = Path(args.config) if args.config else None
-    cfg = apply_flags(load_run_config(config_path, SearchRunConfig), args)
+    config = config_path(args.config) if args.config else None
+    cfg = apply_flags(load_run_config(config, SearchRunConfig), args)
     cfg = prefer_real_llm(cfg, dict(os.environ))
     check_inputs(cfg)
-    run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(cfg, config_path)
+    run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(cfg, config)
     if cfg.llm.ideator.provider == "replay":
         console.print("[bold yellow]Replay mode:[/] the LLM answers come from a bundled recording "
                       f"({cfg.llm.ideator.replay_file}); set ANTHROPIC_API_KEY or OPENAI_API_KEY for a live model.")
@@ -140,6 +142,8 @@ def cmd_serve_llm(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toolkit", description="Execution-grounded automated AI research on SLURM")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="fewer log lines (warnings only)")
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("execute", help="ideas in, one verified score per idea out")
     ex.add_argument("ideas", help="IDEAS.jsonl with one {\"idea\": \"...\"} per line")
@@ -150,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_llm_flags(ex)
     ex.set_defaults(func=cmd_execute)
     ev = sub.add_parser("evolve", help="evolutionary (or best-of-N) search as a resumable daemon")
-    ev.add_argument("--config", help="search config YAML (e.g. configs/quickstart.yaml)")
+    ev.add_argument("--config", help="search config YAML, or a shipped config's name (configs/quickstart.yaml or quickstart)")
     ev.add_argument("--run-dir", help="run directory (default: run_dir in the config, else runs/<config name>)")
     add_run_flags(ev, "override the config's environment")
     add_cluster_flags(ev)
@@ -181,8 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def setup_logging(verbose: int, quiet: int) -> None:
+    """Plain log lines on stdout (a batch job's log interleaves them with everything else in order); without
+    a terminal, progress comes this way (toolkit/progress.py)."""
+    level = logging.INFO - 10 * (verbose - quiet) if verbose or quiet else logging.INFO
+    logging.basicConfig(level=max(logging.DEBUG, min(logging.ERROR, level)), stream=sys.stdout,
+                        format="%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
     if argv is None:   # a process of its own: it may hold API keys, which same-user processes must not read
         confine.harden_trusted()
     try:

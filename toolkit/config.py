@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from toolkit.errors import ConfigError
+from toolkit.jobenv import secret_like
 from toolkit.llm.base import LLMSettings
 from toolkit.schema import from_dict, load_yaml, override, to_dict  # noqa: F401 (the config API)
 from toolkit.wandb_log import WandbSettings
@@ -29,10 +30,21 @@ class ClusterConfig:
     max_lost_retries: int = 1          # a lost task (node failure, kill, no result file) is resubmitted this often
     retry_cancelled: bool = False      # also resubmit tasks someone cancelled with scancel
     sbatch_extra: dict[str, str] = field(default_factory=dict)   # any other sbatch flag, e.g. {constraint: h100}
+    max_array_size: int = 0            # tasks per array at most; 0 = the site's MaxArraySize (scontrol show config)
+    # the site's job environment: more variables passed to jobs (names or globs; never secret-looking ones),
+    # shell lines run before the worker (module loads, environment activation), and read-only trees candidate
+    # code may read (site software and module trees outside /usr and /opt, e.g. /apps or /cvmfs)
+    env_passthrough: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()
+    sandbox_read: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.cluster not in CLUSTERS:
             raise ConfigError(f"cluster.cluster={self.cluster!r} is not one of {', '.join(CLUSTERS)}")
+        secret = [p for p in self.env_passthrough if secret_like(p)]
+        if secret:
+            raise ConfigError(f"cluster.env_passthrough: {', '.join(secret)} look(s) like a secret (key, token, "
+                              f"password...), and a secret never reaches candidate code; remove it")
 
 
 @dataclass(frozen=True)

@@ -120,13 +120,19 @@ def python_read_paths() -> list[str]:
     return sorted({p for prefix in prefixes for p in tree_except(prefix, hidden)})
 
 
+# the package's metadata and editable-install finders, under its import name and its distribution name
+DIST = "execution_grounded_toolkit"
+TOOLKIT_ENTRY_PREFIXES = ("toolkit-", "toolkit.", "__editable__.toolkit", "__editable___toolkit", f"{DIST}-",
+                          f"{DIST}.", f"__editable__.{DIST}", f"__editable___{DIST}")
+
+
 def _toolkit_entries(prefix: str) -> list[str]:
     """The toolkit's files in every site-packages under `prefix` (package, metadata, editable finders)."""
     sites = {sysconfig.get_path(k, vars={"base": prefix, "platbase": prefix}) for k in ("purelib", "platlib")}
     found = []
     for site in sites:
         found += [os.path.join(site, c) for c in _children_names(site)
-                  if c == "toolkit" or c.startswith(("toolkit-", "toolkit.", "__editable__.toolkit", "__editable___toolkit"))]
+                  if c == "toolkit" or c.startswith(TOOLKIT_ENTRY_PREFIXES)]
     return found
 
 

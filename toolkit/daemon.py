@@ -27,6 +27,7 @@ from toolkit.state import CandidateView, EventLog, is_replica
 from toolkit.worker import WorkerTask
 
 FAST_TICK_S = 1.0
+SUBMIT_BACKOFF_MAX_S = 600.0       # a failing sbatch (a bad partition, a full queue) is retried at most this rarely
 FULL_LISTING_S = 60.0
 
 
@@ -56,6 +57,8 @@ class Daemon:
         self.just_submitted: set[str] = set()
         self.stopping: Any = lambda: False   # a budget hook: when true no new work starts, running work finishes
         self.cluster_due_at = 0.0   # when the collector may next ask the cluster for job states
+        self.submit_due_at = 0.0    # after a failed sbatch: when to try again (exponential backoff)
+        self.submit_failures = 0
         self.ignored: set[str] = set()
         self.pin_inputs()
 
@@ -211,7 +214,7 @@ class Daemon:
 
     # ---- schedule --------------------------------------------------------------------------------------
     def schedule(self) -> None:
-        if self.stopping() or not self.inputs_ok():
+        if self.stopping() or not self.inputs_ok() or self.clock() < self.submit_due_at:
             return
         ready = [v for v in self._views(lambda v: v.implement_status == "ready" and not v.job_id and not v.status)
                  if self.p.layout.candidate(v.cid).ready.exists()]
@@ -240,9 +243,13 @@ class Daemon:
         self.log.emit("submitting", cids=[v.cid for v in views], name=name, attempt=attempt)
         try:
             job_ids = self.p.cluster.submit(tasks, self.p.spec.resources, name)
-        except Exception as exc:  # a failed sbatch must not kill the daemon; retried next tick
-            self.log.emit("submit_failed", cids=[v.cid for v in views], reason=repr(exc)[:2000])
+        except Exception as exc:  # a failed sbatch must not kill the daemon; retried after a backoff
+            self.submit_failures += 1
+            delay_s = min(SUBMIT_BACKOFF_MAX_S, self.p.cfg.cluster.poll_s * 2 ** (self.submit_failures - 1))
+            self.submit_due_at = self.clock() + delay_s
+            self.log.emit("submit_failed", cids=[v.cid for v in views], reason=repr(exc)[:2000], retry_in_s=delay_s)
             return
+        self.submit_failures = 0
         self._record_submitted([v.cid for v in views], job_ids, attempt)
 
     def _record_submitted(self, cids: list[str], job_ids: list[str], attempt: int) -> None:
@@ -255,7 +262,8 @@ class Daemon:
         return WorkerTask(cand_dir=str(self.p.layout.candidate(cid).root), env_dir=str(self.p.layout.env_dir),
                           smoke=self.p.cfg.smoke, data_dir=self.p.cfg.data_dir, attempt=attempt,
                           sandbox=self.p.cfg.sandbox, pins=self.state.meta.get("pins"),
-                          seed=self.state.view(cid).seed)
+                          seed=self.state.view(cid).seed, env_passthrough=self.p.cfg.cluster.env_passthrough,
+                          sandbox_read=self.p.cfg.cluster.sandbox_read)
 
     # ---- collect ---------------------------------------------------------------------------------------
     def collect(self) -> None:

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from toolkit.schema import from_dict, load_yaml
 from toolkit.errors import ConfigError, EnvError
+from toolkit.schema import from_dict, load_yaml
+from toolkit.shipped import shipped
 
-SHIPPED_ENVS = Path(__file__).resolve().parent.parent / "envs"
+SHIPPED_ENVS = shipped("envs")
 DIRECTIONS = ("minimize", "maximize")
 
 
@@ -85,9 +86,9 @@ def resolve_env_dir(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if (path / "env.yaml").is_file():
         return path.resolve()
-    shipped = SHIPPED_ENVS / name_or_path
-    if (shipped / "env.yaml").is_file():
-        return shipped
+    found = SHIPPED_ENVS / name_or_path
+    if (found / "env.yaml").is_file():
+        return found
     known = ", ".join(sorted(p.name for p in SHIPPED_ENVS.glob("*") if (p / "env.yaml").is_file()))
     raise EnvError(f"environment {name_or_path!r}: no env.yaml at {path / 'env.yaml'} and no shipped env of "
                    f"that name (shipped: {known}); pass a directory that contains env.yaml")
@@ -142,6 +143,10 @@ def _env_problems(spec: EnvSpec) -> list[str]:
         problems += [f"locked pattern {p!r} matches no file in {spec.code_dir}" for p in spec.locked
                      if not locked_files(spec.code_dir, (p,))]
     problems += _reward_problems(spec)
+    if spec.resources.nodes != 1:
+        problems.append(f"resources.nodes={spec.resources.nodes}: multi-node candidates are not supported yet (SLURM "
+                        "would start the whole worker on every node: two runs, two evals, two results); use "
+                        "nodes: 1 with up to a node's GPUs (nanogpt's 8 x H100 fit one node)")
     if len(spec.metric_range) != 2 or spec.metric_range[0] > spec.metric_range[1]:
         problems.append(f"metric_range must be [low, high], got {list(spec.metric_range)}")
     problems += [f"references: {name!r} must be a number in metric units, got {value!r}"

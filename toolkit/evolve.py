@@ -12,6 +12,7 @@ from rich.live import Live
 from toolkit import dashboard, fsio
 from toolkit.config import SearchRunConfig
 from toolkit.ideator import Ideator
+from toolkit.progress import PlainProgress
 from toolkit.layout import RunLayout
 from toolkit.runs import make_llm, open_run, save_config
 from toolkit.search import SearchDaemon
@@ -66,12 +67,17 @@ def _loop(daemon: SearchDaemon, console: Console, live: bool) -> None:
     stop = {"now": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     render = lambda: dashboard.search_view(daemon.state, daemon.clock())  # noqa: E731
+    plain = None if console.is_terminal else PlainProgress()   # a batch log: lines, not redraws
+    if plain is not None:
+        daemon.log.observers.append(plain.on_events)
     try:
         # redrawn once per tick (the view only changes then): a timer-driven redraw costs CPU on a login node
         with Live(render(), console=console, transient=False, auto_refresh=False) as shown:
             while not stop["now"]:
                 sleep_s = daemon.tick()
                 shown.update(render(), refresh=live)
+                if plain is not None:
+                    plain.tick(daemon.state)
                 if daemon.finished():
                     return
                 time.sleep(sleep_s)

@@ -14,6 +14,7 @@ from toolkit import dashboard, fsio
 from toolkit.config import RunConfig
 from toolkit.daemon import Daemon
 from toolkit.records import Idea
+from toolkit.progress import PlainProgress
 from toolkit.runs import open_run
 from toolkit.state import RunState
 
@@ -40,12 +41,17 @@ def run_until_done(daemon: Daemon, console: Console, live: bool) -> None:
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True)) if in_main else None
     view = Live(dashboard.execute_view(daemon.state), console=console, auto_refresh=False,
                 transient=not console.is_terminal) if live else nullcontext()
+    plain = None if console.is_terminal else PlainProgress()   # a batch log: lines, not redraws
+    if plain is not None:
+        daemon.log.observers.append(plain.on_events)
     try:
         with view as shown:
             while not stop["now"]:
                 sleep_s = daemon.tick()
                 if shown is not None:
                     shown.update(dashboard.execute_view(daemon.state), refresh=True)
+                if plain is not None:
+                    plain.tick(daemon.state)
                 if daemon.done():
                     return
                 time.sleep(sleep_s)

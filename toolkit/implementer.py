@@ -6,6 +6,7 @@ failure goes back to revision, so no GPU time is spent on code that cannot start
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -75,8 +76,9 @@ def implement_prompt(spec: EnvSpec, idea: Idea) -> str:
 
 class Implementer:
     def __init__(self, spec: EnvSpec, llm: LLMClient, cfg: ImplementConfig, data_dir: Path,
-                 sandbox: str = "landlock") -> None:
+                 sandbox: str = "landlock", site: Site | None = None) -> None:
         self.spec, self.llm, self.cfg, self.data_dir, self.sandbox = spec, llm, cfg, data_dir, sandbox
+        self.site = site or Site()
         set_preflight_concurrency(cfg.preflight_concurrency)
         self.system = render("implement_system")
 
@@ -147,7 +149,7 @@ class Implementer:
     def _preflighted(self, sample: int, revision: int, patch: PatchOutcome, dest: Path, race: _Race) -> Attempt:
         if race.over:
             return Attempt(sample, revision, "superseded", SUPERSEDED, patch.diff)
-        problem = preflight(dest, self.spec, self.cfg.quick_check_timeout_s, self.data_dir, self.sandbox)
+        problem = preflight(dest, self.spec, self.cfg.quick_check_timeout_s, self.data_dir, self.sandbox, self.site)
         if problem:
             return Attempt(sample, revision, "preflight_failed", problem, patch.diff)
         race.claim(winner := Attempt(sample, revision, "applied", "", patch.diff, str(dest)))
@@ -201,12 +203,20 @@ def _failure_reason(attempts: list[Attempt]) -> str:
     return f"{len(attempts)} attempts ({summary}); last: {attempts[-1].reason[:500]}"
 
 
-def preflight(code_dir: Path, spec: EnvSpec, timeout_s: float, data_dir: Path, sandbox: str = "landlock") -> str:
+@dataclass(frozen=True)
+class Site:
+    """The site's job environment (cluster.env_passthrough, cluster.sandbox_read), for the quick check too."""
+    env_passthrough: tuple[str, ...] = ()
+    sandbox_read: tuple[str, ...] = ()
+
+
+def preflight(code_dir: Path, spec: EnvSpec, timeout_s: float, data_dir: Path, sandbox: str = "landlock",
+              site: Site | None = None) -> str:
     """'' if the patched codebase byte-compiles and passes the env's quick check, else the error."""
     problem = _compile_all(code_dir)
     if problem or not spec.quick_check.strip():
         return problem
-    return _quick_check(code_dir, spec, timeout_s, data_dir, sandbox)
+    return _quick_check(code_dir, spec, timeout_s, data_dir, sandbox, site or Site())
 
 
 def _compile_all(code_dir: Path) -> str:
@@ -228,12 +238,13 @@ def set_preflight_concurrency(n: int) -> None:
     _PREFLIGHT_SLOTS = threading.BoundedSemaphore(max(1, n))
 
 
-def _quick_check(code_dir: Path, spec: EnvSpec, timeout_s: float, data_dir: Path, sandbox: str) -> str:
+def _quick_check(code_dir: Path, spec: EnvSpec, timeout_s: float, data_dir: Path, sandbox: str, site: Site) -> str:
     with _PREFLIGHT_SLOTS:
-        return _quick_check_now(code_dir, spec, timeout_s, data_dir, sandbox)
+        return _quick_check_now(code_dir, spec, timeout_s, data_dir, sandbox, site)
 
 
-def _quick_check_now(code_dir: Path, spec: EnvSpec, timeout_s: float, data_dir: Path, sandbox: str) -> str:
+def _quick_check_now(code_dir: Path, spec: EnvSpec, timeout_s: float, data_dir: Path, sandbox: str,
+                     site: Site) -> str:
     """Run the quick check in a throwaway copy, confined like a job (on the daemon's host, where the API keys
     are): it writes only that copy and its scratch, reads only the public data, sees the job allow-list
     environment, and anything it leaves running is found by ancestry and killed. Its output goes back to
@@ -243,11 +254,11 @@ def _quick_check_now(code_dir: Path, spec: EnvSpec, timeout_s: float, data_dir: 
         shutil.copytree(code_dir, work, symlinks=True)
         strip_hidden(work, spec.hidden)
         scratch.mkdir()
-        env = {**jobenv.job_environ(), **{k: str(v) for k, v in spec.env_vars.items()},
+        env = {**jobenv.job_environ(extra_allow=site.env_passthrough), **{k: str(v) for k, v in spec.env_vars.items()},
                "TOOLKIT_QUICK_CHECK": "1", "TOOLKIT_SCRATCH": str(scratch), "TOOLKIT_SMOKE": "1",
                "TOOLKIT_DATA_DIR": str(data_dir)}
-        policy = confine.candidate_policy(work, scratch, [str(data_dir)], sandbox, network=spec.network,
-                                          timeout_s=timeout_s)
+        read = [str(data_dir), *(p for p in site.sandbox_read if os.path.exists(p))]
+        policy = confine.candidate_policy(work, scratch, read, sandbox, network=spec.network, timeout_s=timeout_s)
         launch = confine.launch_argv(policy, ["bash", "-c", spec.quick_check], Path(tmp) / "control")
         proc = subprocess.run(launch.argv, cwd=work, env=confine.confined_environ(env, scratch), capture_output=True,
                               text=True, stdin=subprocess.DEVNULL, timeout=timeout_s + 60)

@@ -12,7 +12,13 @@ ALLOW = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_*", "TZ", "T
          "CUDA_*", "NVIDIA_*", "SLURM_*", "SUBMITIT_*", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NCCL_*",
          "TORCH_*", "TRITON_*", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE",
          "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "LD_LIBRARY_PATH", "PYTHONPATH", "MASTER_ADDR",
-         "MASTER_PORT", "TOOLKIT_*")
+         "MASTER_PORT", "TOOLKIT_*",
+         # HPC sites: module systems (`module load` in run scripts, through BASH_ENV), proxies and CA bundles,
+         # cache locations and allocator settings
+         "MODULEPATH", "MODULESHOME", "MODULES_*", "LMOD_*", "_LMFILES_", "LOADEDMODULES", "BASH_ENV", "ENV",
+         "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "SSL_CERT_FILE",
+         "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "XDG_CACHE_HOME", "PYTORCH_*", "HF_HUB_CACHE",
+         "HF_DATASETS_CACHE")
 # Denied even when allowed above: a secret never travels, whatever its name's prefix.
 DENY = ("*KEY*", "*TOKEN*", "*SECRET*", "*PASSWORD*", "*PASSWD*", "*CREDENTIAL*", "*_AUTH*")
 
@@ -36,22 +42,31 @@ def _one_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
 _DENY_RE, _ALLOW_RE = _one_regex(DENY), _one_regex(ALLOW)
 
 
+# a value with credentials in a URL (a proxy as http://user:password@host) is a secret whatever its name
+_URL_CREDENTIALS = re.compile(r"://[^/\s@]+:[^/\s@]*@")
+
+
 def allowed(name: str, extra_allow: tuple[str, ...] = ()) -> bool:
     if _DENY_RE.match(name.upper()):
         return False
     return bool(_ALLOW_RE.match(name)) or any(fnmatch.fnmatchcase(name, p) for p in extra_allow)
 
 
+def secret_like(pattern: str) -> bool:
+    """A name (or glob) in `cluster.env_passthrough` that looks like a secret's: refused at config load."""
+    return bool(_DENY_RE.match(pattern.upper()))
+
+
 def job_environ(source: Mapping[str, str] | None = None, extra_allow: tuple[str, ...] = ()) -> dict[str, str]:
     """The allow-listed subset of `source` (default os.environ), with this interpreter first on PATH."""
     source = os.environ if source is None else source
-    env = {k: v for k, v in source.items() if allowed(k, extra_allow)}
+    env = {k: v for k, v in source.items() if allowed(k, extra_allow) and not _URL_CREDENTIALS.search(v)}
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "/usr/local/bin:/usr/bin:/bin")])
     return env
 
 
-def sbatch_environ(source: Mapping[str, str] | None = None) -> dict[str, str]:
+def sbatch_environ(source: Mapping[str, str] | None = None, extra_allow: tuple[str, ...] = ()) -> dict[str, str]:
     """The whole environment `sbatch` runs with; `--export=ALL` hands it to the job.
 
     Not `--export=<allowed names>`: with a list (or NONE) SLURM runs the user's login shell on the node to
@@ -59,7 +74,7 @@ def sbatch_environ(source: Mapping[str, str] | None = None) -> dict[str, str]:
     the login scripts export, API keys included.
     """
     source = os.environ if source is None else source
-    env = {k: v for k, v in job_environ(source).items() if not k.startswith("SLURM_") or k in SLURM_KEEP}
+    env = {k: v for k, v in job_environ(source, extra_allow).items() if not k.startswith("SLURM_") or k in SLURM_KEEP}
     env.update({k: v for k, v in source.items() if k in SBATCH_PASS or (
         k.startswith("SBATCH_") and k not in SBATCH_DROP and not _DENY_RE.match(k.upper()))})
     return env

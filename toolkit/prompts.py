@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 import jinja2
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+from toolkit.shipped import shipped
+
+TEMPLATES = shipped("templates")
 
 
 @lru_cache(maxsize=1)

@@ -15,10 +15,10 @@ from toolkit.config import RunConfig, from_dict, load_yaml, to_dict
 from toolkit.daemon import Parts
 from toolkit.envs import EnvSpec, data_dirs, load_env, tree_sha256
 from toolkit.errors import ConfigError, EnvError
-from toolkit.implementer import Implementer, preflight
+from toolkit.implementer import Implementer, Site, preflight
 from toolkit.layout import RunLayout
 from toolkit.llm.base import ChatRequest, LLMClient, LLMReply, LLMSettings, SpendMeter, make_client
-from toolkit.scheduler import make_cluster
+from toolkit.scheduler import check_request, make_cluster
 from toolkit.state import load_state
 
 
@@ -30,13 +30,38 @@ def load_run_config(path: Path | None, cls: type = RunConfig) -> Any:
     if not data:
         raise ConfigError(f"{path}: the config is empty; a run needs at least `env:` and its `llm:` settings "
                           f"(see configs/quickstart.yaml)")
-    return from_dict(cls, data, str(path))
+    return with_replay_files_found(from_dict(cls, data, str(path)), path)
+
+
+def with_replay_files_found(cfg: Any, config: Path) -> Any:
+    """A relative `replay_file` is looked for from the current directory, then beside the config and one level
+    up (so `configs/replay/x.jsonl` works from a checkout's root and from an installed package alike)."""
+    roles = {}
+    for role in ("ideator", "implementer"):
+        settings = getattr(cfg.llm, role)
+        roles[role] = dataclasses.replace(settings, replay_file=_found(settings.replay_file, config))
+    return dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, **roles))
+
+
+def _found(relative: str, config: Path) -> str:
+    if not relative or Path(relative).is_absolute() or Path(relative).exists():
+        return relative
+    here = config.resolve().parent
+    for base in (here, here.parent):
+        if (base / relative).exists():
+            return str(base / relative)
+    return relative
 
 
 def check_inputs(cfg: RunConfig) -> None:
     """Before a run directory is created: the environment loads, and both LLM clients build (a missing key,
     replay file or provider fails here; a served model gets its endpoint later, so it is not checked)."""
-    load_env(cfg.env, smoke=cfg.smoke)
+    spec = load_env(cfg.env, smoke=cfg.smoke)
+    if cfg.cluster.cluster == "slurm":
+        refused = check_request(cfg.cluster, spec.resources)
+        if refused:
+            raise ConfigError(f"cluster: SLURM refuses this run's job request (cluster.partition, account, qos, "
+                              f"sbatch_extra or the env's resources); nothing was submitted:\n{refused}")
     if getattr(getattr(cfg, "serve_llm", None), "model", ""):
         return
     for settings in (cfg.llm.ideator, cfg.llm.implementer):
@@ -95,8 +120,8 @@ def prepare_data(spec: EnvSpec, cfg: RunConfig) -> tuple[Path, Path]:
         return public, hidden
     for folder in (public, hidden):
         folder.mkdir(parents=True, exist_ok=True)
-    env = {**jobenv.job_environ(), **{k: str(v) for k, v in spec.env_vars.items()}, "TOOLKIT_DATA_DIR": str(public),
-           "TOOLKIT_HIDDEN_DIR": str(hidden), "PYTHONDONTWRITEBYTECODE": "1", **({"TOOLKIT_SMOKE": "1"} if cfg.smoke else {})}
+    env = {**jobenv.job_environ(extra_allow=cfg.cluster.env_passthrough), **{k: str(v) for k, v in spec.env_vars.items()},
+           "TOOLKIT_DATA_DIR": str(public), "TOOLKIT_HIDDEN_DIR": str(hidden), "PYTHONDONTWRITEBYTECODE": "1", **({"TOOLKIT_SMOKE": "1"} if cfg.smoke else {})}
     done = subprocess.run(["bash", "-c", spec.prepare], cwd=spec.code_dir, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise EnvError(f"{Path(spec.root) / 'env.yaml'}: `prepare: {spec.prepare}` failed (exit {done.returncode}) "
@@ -113,11 +138,15 @@ def check_baseline(layout: RunLayout, spec: EnvSpec, cfg: RunConfig, public: Pat
     stamp = layout.baseline_checked
     if stamp.exists() or not spec.quick_check.strip():
         return
-    problem = preflight(spec.code_dir, spec, cfg.implement.quick_check_timeout_s, public, sandbox)
+    problem = preflight(spec.code_dir, spec, cfg.implement.quick_check_timeout_s, public, sandbox, site(cfg))
     if problem:
         raise EnvError(f"{Path(spec.root) / 'env.yaml'}: the unchanged codebase fails its own quick check, so no "
                        f"idea could pass it; nothing was sent to an LLM. Fix the environment, then rerun:\n{problem}")
     fsio.atomic_write_text(stamp, "the unchanged codebase passed its quick check\n")
+
+
+def site(cfg: RunConfig) -> Site:
+    return Site(cfg.cluster.env_passthrough, cfg.cluster.sandbox_read)
 
 
 def llm_ledger(layout: RunLayout) -> Any:
@@ -145,7 +174,7 @@ def open_run(run_dir: Path, cfg: RunConfig, adjust: Callable[[Any], Any] | None 
     check_baseline(layout, spec, cfg, public, sandbox)
     meter = SpendMeter(cap_usd=spend_cap(cfg), spent_usd=load_state(layout).llm_spend_usd)
     llm = make_llm(cfg.llm.implementer, meter, layout)
-    implementer = Implementer(spec, llm, cfg.implement, public, sandbox)
+    implementer = Implementer(spec, llm, cfg.implement, public, sandbox, site(cfg))
     cluster = make_cluster(layout.jobs, cfg.cluster)
     return Parts(layout=layout, cfg=cfg, spec=spec, implementer=implementer, cluster=cluster, meter=meter)
 

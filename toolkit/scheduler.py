@@ -6,6 +6,7 @@ from ONE sacct call per tick; the result file stays the truth, states only revea
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -77,9 +78,18 @@ class SlurmCluster(Cluster):
     name = "slurm"
 
     def submit(self, tasks: list[WorkerTask], resources: Resources, job_name: str) -> list[str]:
+        """One array per batch; a batch larger than the site's MaxArraySize goes out as several arrays under
+        the same name (a restart re-attaches to all of them by that name)."""
+        size = self.cfg.max_array_size or max_array_size()
+        ids: list[str] = []
+        for start in range(0, len(tasks), size):
+            ids += self._submit_array(tasks[start:start + size], resources, job_name)
+        return ids
+
+    def _submit_array(self, tasks: list[WorkerTask], resources: Resources, job_name: str) -> list[str]:
         executor = submitit.AutoExecutor(folder=self.jobs_dir, cluster="slurm")
         executor.update_parameters(**self.parameters(resources, len(tasks), job_name))
-        with sbatch_environment():
+        with sbatch_environment(jobenv.sbatch_environ(extra_allow=self.cfg.env_passthrough)):
             jobs = executor.map_array(run_task, tasks)
         return [job.job_id for job in jobs]
 
@@ -93,6 +103,8 @@ class SlurmCluster(Cluster):
             slurm_additional_parameters=extra)
         if resources.gpus:
             params["gpus_per_node"] = resources.gpus
+        if self.cfg.setup:   # the site's lines (module loads, environment activation) before the worker starts
+            params["slurm_setup"] = list(self.cfg.setup)
         params.update({f"slurm_{k}": v for k, v in (("partition", self.cfg.partition), ("account", self.cfg.account),
                                                       ("qos", self.cfg.qos)) if v})
         return params
@@ -112,6 +124,39 @@ class SlurmCluster(Cluster):
         masters = sorted({j.split("_")[0] for j in job_ids})
         rows = _sacct(masters) or _squeue(masters)
         return {j: rows.get(j, JobState("", "unknown")) for j in job_ids}
+
+
+DEFAULT_MAX_ARRAY_SIZE = 1001     # SLURM's default MaxArraySize (task indices 0..1000)
+
+
+@functools.lru_cache(maxsize=1)
+def max_array_size() -> int:
+    """The site's MaxArraySize (`scontrol show config`), asked once per process."""
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", _run(["scontrol", "show", "config"]), re.MULTILINE)
+    return max(1, int(match.group(1))) if match else DEFAULT_MAX_ARRAY_SIZE
+
+
+def request_flags(cfg: ClusterConfig, resources: Resources) -> list[str]:
+    """The sbatch flags of this run's arrays (what `check_request` asks SLURM about)."""
+    flags = [f"--time={time_limit_min(resources, cfg.time_margin_min)}", f"--cpus-per-task={resources.cpus}",
+             f"--mem={int(math.ceil(resources.mem_gb * 1024))}M", f"--nodes={resources.nodes}"]
+    flags += [f"--gpus-per-node={resources.gpus}"] if resources.gpus else []
+    flags += [f"--{k}={v}" for k, v in (("partition", cfg.partition), ("account", cfg.account), ("qos", cfg.qos)) if v]
+    return flags + [f"--{k}={v}" if v else f"--{k}" for k, v in cfg.sbatch_extra.items() if k != "export"]
+
+
+def check_request(cfg: ClusterConfig, resources: Resources) -> str:
+    """'' when SLURM would accept this run's job request (`sbatch --test-only`: partition, account, QOS, GRES,
+    time and memory limits), else SLURM's refusal. Nothing is submitted."""
+    cmd = ["sbatch", "--test-only", *request_flags(cfg, resources), "--wrap=true"]
+    env = jobenv.sbatch_environ(extra_allow=cfg.env_passthrough)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    except FileNotFoundError:
+        return "sbatch is not installed here (cluster: slurm needs a SLURM login node)"
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{' '.join(cmd)} did not run: {exc!r}"
+    return "" if done.returncode == 0 else f"{' '.join(cmd)}: {(done.stderr + done.stdout).strip()[-1000:]}"
 
 
 _SBATCH_LOCK = threading.Lock()
@@ -179,9 +224,9 @@ def expand_array_id(job_id: str) -> list[str]:
     return ids
 
 
-def unset_secrets_line(environ: dict[str, str]) -> str:
+def unset_secrets_line(environ: dict[str, str], extra_allow: tuple[str, ...] = ()) -> str:
     """A shell line that drops every variable not on the job allow-list (API keys among them)."""
-    keep = jobenv.job_environ(environ)
+    keep = jobenv.job_environ(environ, extra_allow)
     names = sorted(k for k in environ if k not in keep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k))
     return "unset " + " ".join(names) if names else "true"
 
@@ -196,7 +241,8 @@ class LocalCluster(Cluster):
         # starts the job, so the secrets are dropped there (os.environ itself is never touched: other
         # threads of the daemon read it concurrently).
         executor.update_parameters(timeout_min=time_limit_min(resources, self.cfg.time_margin_min),
-                                   setup=[unset_secrets_line(dict(os.environ))])
+                                   setup=[unset_secrets_line(dict(os.environ), self.cfg.env_passthrough),
+                                          *self.cfg.setup])
         jobs = executor.map_array(run_task, tasks)
         return [job.job_id for job in jobs]
 

@@ -49,16 +49,48 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
+    """Check (and normalise) one value against its type: scalars, tuples and dicts of them, nested dataclasses.
+    A list where a mapping belongs, or a string where a list belongs, is an error here, not at sbatch time."""
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where)
-    origin = typing.get_origin(hint)
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        return _sequence(args, value, where)
+    if origin is dict:
+        return _mapping(args, value, where)
+    return _scalar(hint, value, where)
+
+
+def _scalar(hint: Any, value: Any, where: str) -> Any:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     if hint in (int, float, str, bool) and not isinstance(value, hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _sequence(args: tuple[Any, ...], value: Any, where: str) -> tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    item = args[0] if args else Any
+    return tuple(_scalar(item, v, f"{where}[{i}]") if item is not Any else v for i, v in enumerate(value))
+
+
+def _mapping(args: tuple[Any, ...], value: Any, where: str) -> dict[Any, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {value!r}")
+    key, item = args if len(args) == 2 else (Any, Any)
+    return {_scalar(key, k, f"{where} key {k!r}"): _item(item, v, f"{where}.{k}") for k, v in value.items()}
+
+
+def _item(hint: Any, value: Any, where: str) -> Any:
+    """A mapping's value: a number where text belongs is written as text (`env_vars: {STEPS: 50}`,
+    `sbatch_extra: {nice: 10}`)."""
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value if hint is Any else _scalar(hint, value, where)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -287,6 +287,7 @@ class EventLog:
         self.layout = layout
         self.state = load_state(layout)
         self.dirty = False
+        self.observers: list[Any] = []     # called with each batch of new events (plain progress lines)
 
     def emit(self, kind: str, **data: Any) -> None:
         """Written at once (a killed daemon loses nothing); made durable by `sync`, once per tick."""
@@ -302,6 +303,8 @@ class EventLog:
         for event in events:
             self.state.apply(event)
         self.dirty = True
+        for observe in self.observers:
+            observe(events)
 
     def sync(self) -> None:
         if self.dirty:

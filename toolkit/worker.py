@@ -48,6 +48,8 @@ class WorkerTask:
     sandbox: str = "auto"              # the run's `sandbox` setting, resolved on the node
     pins: dict[str, dict[str, str]] | None = None   # the run's pinned snapshot and data (None: not checked)
     seed: int = -1                     # TOOLKIT_SEED for the run (noise floor, re-runs); -1 = the codebase's own
+    env_passthrough: tuple[str, ...] = ()   # cluster.env_passthrough: more variables the steps may see
+    sandbox_read: tuple[str, ...] = ()      # cluster.sandbox_read: more read-only trees for candidate code
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,8 @@ def run_confined(spec: EnvSpec, task: WorkerTask, paths: CandidatePaths, env: di
                  mechanism: str) -> StepOutcome:
     """The candidate's `run`, confined: its code dir and scratch writable, the public data readable."""
     public, _ = data_dirs(task.data_dir, spec.name)
-    policy = confine.candidate_policy(paths.code, paths.scratch, [str(public)], mechanism, network=spec.network,
+    read = [str(public), *existing(task.sandbox_read)]
+    policy = confine.candidate_policy(paths.code, paths.scratch, read, mechanism, network=spec.network,
                                       timeout_s=spec.resources.time_min * 60)
     return run_launched(policy, ["bash", "-c", spec.run], paths.code, confine.confined_environ(env, paths.scratch),
                         paths, "run")
@@ -340,7 +343,7 @@ def _kill_group(pgid: int) -> None:
 
 
 def _step_env(spec: EnvSpec, task: WorkerTask, paths: CandidatePaths) -> dict[str, str]:
-    env = jobenv.job_environ()
+    env = jobenv.job_environ(extra_allow=task.env_passthrough)
     env.update({k: str(v) for k, v in spec.env_vars.items()})
     paths.scratch.mkdir(parents=True, exist_ok=True)
     env.update(TOOLKIT_DATA_DIR=str(data_dirs(task.data_dir, spec.name)[0]), TOOLKIT_SCRATCH=str(paths.scratch),
@@ -348,6 +351,11 @@ def _step_env(spec: EnvSpec, task: WorkerTask, paths: CandidatePaths) -> dict[st
     if task.smoke:
         env["TOOLKIT_SMOKE"] = "1"
     return env
+
+
+def existing(paths: tuple[str, ...] | list[str]) -> list[str]:
+    """Site trees that exist on this node (a login node and a compute node may mount different ones)."""
+    return [p for p in paths if os.path.exists(p)]
 
 
 def _seeded(env: dict[str, str], seed: int) -> dict[str, str]:
@@ -401,9 +409,9 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": sys.version.split()[0]}
-    for pkg in ("torch", "toolkit"):
+    for pkg, dist in (("torch", "torch"), ("toolkit", "execution-grounded-toolkit")):
         try:
-            found[pkg] = version(pkg)
+            found[pkg] = version(dist)
         except PackageNotFoundError:
             pass
     return found
