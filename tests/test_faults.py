@@ -192,11 +192,15 @@ def test_a_broken_environment_stops_before_any_llm_call(tmp_path: Path, capsys, 
     assert not list((tmp_path / "run" / "candidates").iterdir())
 
 
+@pytest.mark.slurm
 def test_a_multi_node_environment_is_refused_before_any_job(tmp_path: Path, capsys) -> None:
+    """SLURM would start the whole worker on each node (two runs, two evals, two results): refused at load,
+    with the reason, until multi-node candidates are designed; nothing reaches the dev cluster."""
     env = copy_env(tmp_path / "env")
     text = (env / "env.yaml").read_text().replace("resources: {gpus: 0,", "resources: {nodes: 2, gpus: 0,")
     (env / "env.yaml").write_text(text)
-    rc = main(["execute", str(_ideas(tmp_path)), "--env", str(env), "--out", str(tmp_path / "run"), "--cluster", "debug"])
+    rc = main(["execute", str(_ideas(tmp_path)), "--env", str(env), "--out", str(tmp_path / "run"),
+               "--cluster", "slurm", "--partition", "debug"])
     out = capsys.readouterr().out.replace("\n", "")
     assert rc == 2 and "multi-node candidates are not supported yet" in out and not (tmp_path / "run").exists()
 

@@ -5,6 +5,7 @@ worker; `cluster.env_passthrough` adds names; a secret-named one is refused at l
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,7 @@ def test_a_batch_over_max_array_size_goes_out_as_several_arrays(tmp_path: Path) 
     ids = cluster.submit(tasks, env.resources, name)
     assert len(ids) == 7 and len({i.split("_")[0] for i in ids}) == 3
     assert cluster.find_jobs(name) == ids
+    deadline = time.time() + 180          # and every task runs: its worker writes a result (failed: empty code)
+    while time.time() < deadline and not all(Path(t.cand_dir, "result.json").exists() for t in tasks):
+        time.sleep(1)
+    assert all(Path(t.cand_dir, "result.json").exists() for t in tasks)
