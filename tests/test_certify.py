@@ -174,6 +174,7 @@ def test_search_certifies_the_real_change_only(tmp_path: Path, capsys) -> None:
     seeds = [v.seed for v in state.replicas.values()]
     assert len(seeds) == len(set(seeds)) and -1 not in seeds          # every replica a fresh seed
     events = [json.loads(line) for line in RunLayout(tmp_path / "run").events.read_text().splitlines()]
+    assert [e["epoch"] for e in events if e["kind"] == "epoch_ended"] == [0]       # once, however long the round
     submitted = [e["cid"] for e in events if e["kind"] == "submitted"]
     assert len(submitted) == len(set(submitted)) == len(state.candidates) + len(state.replicas)
     # each replica's code was rebuilt from the snapshot + the candidate's diff, not copied from its run

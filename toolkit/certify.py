@@ -192,6 +192,13 @@ class Certifier:
         """A round after an epoch ends (every epoch, or the last one only)."""
         if not self.on or self.state.meta.get("certify_stopped") or not (self.c.every_epoch or last):
             return
+        rounds = self.state.meta.get("rounds", {}).values()
+        if epoch in self.state.meta.get("certified_after", []) or any(r["epoch"] == epoch for r in rounds):
+            return                                              # once per epoch, a restart included
+        self._nominate(epoch)
+        self.log.emit("certify_checked", epoch=epoch)
+
+    def _nominate(self, epoch: int) -> None:
         picked = self._without_seed_changes(nominees(self.state.candidates, self._screen_bar(), self.c.top_k))
         fits = self.affordable(len(picked))
         if picked and fits == 0:

@@ -126,6 +126,8 @@ class SearchDaemon(Daemon):
     def maybe_end_epoch(self) -> None:
         if self.state.meta.get("finished") or self.ideation is not None or not self.batches.empty():
             return
+        if self.epoch in self.state.meta.get("epochs_ended", []):
+            return self.after_ended_epoch()
         if self.ideas_left() and not self.ideation_exhausted() and not self.budget_reason():
             return
         views = self.epoch_views(self.epoch)
@@ -148,6 +150,18 @@ class SearchDaemon(Daemon):
     def done(self) -> bool:
         """Every run has its outcome and every certification round its verdicts."""
         return super().done() and not self.certifier.busy()
+
+    def after_ended_epoch(self) -> None:
+        """The epoch already ended: the last one waits for late results and its certification round; after a
+        restart between `epoch_ended` and the next `epoch_started`, the round and the next epoch still come."""
+        if self.budget_reason() and not self.pending_jobs() and not self.inflight:
+            return self.finish(f"budget: {self.budget_reason()}")
+        last = self.epoch + 1 >= self.search.epochs or bool(self.budget_reason())
+        self.certifier.after_epoch(self.epoch, last)
+        if not last:
+            self.begin_epoch(self.epoch + 1)
+        elif self.done():
+            self.finish("all epochs done")
 
     def finish(self, reason: str) -> None:
         self.log.emit("search_finished", reason=reason)

@@ -225,6 +225,10 @@ def _on_noise_floor(state: RunState, e: dict[str, Any]) -> None:
     state.meta["floor"] = {k: e.get(k) for k in ("n", "mean", "sd", "mean_reward", "seed_ignored", "runs")}
 
 
+def _on_certify_checked(state: RunState, e: dict[str, Any]) -> None:
+    state.meta.setdefault("certified_after", []).append(e["epoch"])
+
+
 def _on_certify_stopped(state: RunState, e: dict[str, Any]) -> None:
     state.meta["certify_stopped"] = e.get("reason", "")
 
@@ -277,7 +281,8 @@ _HANDLERS = {"epoch_started": _on_epoch_started, "epoch_ended": _on_epoch_ended,
              "submitted": _on_submitted, "submitting": _on_submitting, "submit_failed": _on_submit_failed, "job_state": _on_job_state, "result": _on_result, "llm_spend": _on_llm,
              "meta": _on_meta, "pinned": _on_pinned, "alarm": _on_alarm,
              "replicas_planned": _on_replicas_planned, "verdict": _on_verdict, "round_judged": _on_round_judged,
-             "certify_stopped": _on_certify_stopped, "noise_floor": _on_noise_floor}
+             "certify_stopped": _on_certify_stopped, "noise_floor": _on_noise_floor,
+             "certify_checked": _on_certify_checked}
 
 
 class EventLog:
