@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from benchlib import REPO, Report, make_diff, run_bench, secs
-from toolkit.certify import run_hours
+from toolkit.certify import baseline_runs, hours
 from toolkit.layout import RunLayout
 from toolkit.state import load_state
 
@@ -116,14 +116,12 @@ def body(work: Path, report: Report) -> None:
                    f"{verdict}{'; ' + reruns if reruns else ''}", "", expected, met)
         report.figures[marker] = {"screened": view.metric, "verdict": view.verdict, "reruns": view.cert_metric,
                                   "low": view.cert_low, "high": view.cert_high, "p": view.p_value}
-    screen = sum(run_hours(v) for v in state.candidates.values() if v.status)
-    cert = sum(run_hours(v) for v in state.replicas.values() if v.status)
+    screen, cert = hours(state)
     report.add("certification cost (noise floor + re-runs), task-hours", f"{cert:.3f} h ({len(state.replicas)} runs)",
                f"{screen:.3f} h screening ({len(state.candidates)} runs)", "", None)
     report.add("  as a share of the search", f"{cert / (screen + cert):.0%}", "0% (no certification)", "", None)
     report.add("search wall time (1 epoch, 2 runs at a time)", secs(wall_s), "", "", None)
-    base = [v.metric for v in [state.candidates["baseline"], *state.replicas.values()]
-            if (v.cid == "baseline" or v.parent == "baseline") and v.status == "ok"]
+    base = [v.metric for v in baseline_runs(state) if v.status == "ok"]
     report.figures.update(floor=floor, baseline_metrics=base, screen_hours=screen, cert_hours=cert, wall_s=wall_s)
     report.notes.append(f"every baseline run's val loss: {', '.join(f'{m:.4f}' for m in base)} "
                         f"(sd {statistics.stdev(base):.4f})" if len(base) > 1 else "")

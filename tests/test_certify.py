@@ -14,7 +14,7 @@ from helpers import FIXTURES, copy_env, make_diff
 from toolkit.certify import interleave, judge, nominees, noise_floor, one_sided_p
 from toolkit.config import SearchRunConfig, from_dict
 from toolkit.evolve import run_search
-from toolkit.state import CandidateView, load_state
+from toolkit.state import CandidateView
 from toolkit.layout import RunLayout
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 

@@ -29,27 +29,32 @@ def finished(run: Path) -> bool:
     return events.exists() and '"kind": "search_finished"' in events.read_text()
 
 
+def launch(tmp_path: Path, base_url: str, search: dict) -> tuple[str, Path, float]:
+    """`sbatch slurm/launch_search.sh` on a toy search; returns (job id, run dir, deadline) once the daemon,
+    inside the job, has submitted its first candidate."""
+    llm = {"provider": "openai-compatible", "model": "fake", "base_url": base_url + "/v1"}
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump({
+        "env": str(copy_env(tmp_path / "env")), "run_dir": str(tmp_path / "run"),
+        "llm": {"ideator": llm, "implementer": llm}, "implement": {"samples": 1, "revisions": 1},
+        "cluster": {"cluster": "local", "poll_s": 1.0}, "search": search}))
+    out = subprocess.run(["sbatch", "--parsable", f"--chdir={ROOT}", f"--output={tmp_path}/daemon-%j.out",
+                          f"--export=ALL,TOOLKIT_BIN={ROOT}/.venv/bin/toolkit",
+                          str(ROOT / "slurm" / "launch_search.sh"), str(config)],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    run, deadline = tmp_path / "run", time.time() + 240
+    while time.time() < deadline and '"kind": "submitted"' not in _events(run):
+        time.sleep(0.5)
+    return out.split(";")[0], run, deadline
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_launch_search_requeues_and_completes(tmp_path: Path) -> None:
     with FakeLLMServer(toy_search_responder()) as server:
-        llm = {"provider": "openai-compatible", "model": "fake", "base_url": server.base_url + "/v1"}
-        config = tmp_path / "search.yaml"
-        config.write_text(yaml.safe_dump({
-            "env": str(copy_env(tmp_path / "env")), "run_dir": str(tmp_path / "run"),
-            "llm": {"ideator": llm, "implementer": llm}, "implement": {"samples": 1, "revisions": 1},
-            "cluster": {"cluster": "local", "poll_s": 1.0},
-            "search": {"epochs": 2, "ideas_per_epoch": 3, "ideas_per_call": 3, "certify": {"enabled": False},
-                       "dedup": {"method": "off"}}}))
-        out = subprocess.run(["sbatch", "--parsable", f"--chdir={ROOT}", f"--output={tmp_path}/daemon-%j.out",
-                              f"--export=ALL,TOOLKIT_BIN={ROOT}/.venv/bin/toolkit",
-                              str(ROOT / "slurm" / "launch_search.sh"), str(config)],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        job_id = out.split(";")[0]
-        run = tmp_path / "run"
-        deadline = time.time() + 240
-        while time.time() < deadline and '"kind": "submitted"' not in _events(run):
-            time.sleep(0.5)
+        search = {"epochs": 2, "ideas_per_epoch": 3, "ideas_per_call": 3, "certify": {"enabled": False},
+                  "dedup": {"method": "off"}}
+        job_id, run, deadline = launch(tmp_path, server.base_url, search)
         subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True)  # as at the time limit
         while time.time() < deadline and not finished(run):
             time.sleep(1)
@@ -71,22 +76,7 @@ def test_launch_search_requeues_and_completes(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_scancel_stops_the_search_without_a_requeue(tmp_path: Path) -> None:
     with FakeLLMServer(toy_search_responder()) as server:
-        llm = {"provider": "openai-compatible", "model": "fake", "base_url": server.base_url + "/v1"}
-        config = tmp_path / "search.yaml"
-        config.write_text(yaml.safe_dump({
-            "env": str(copy_env(tmp_path / "env")), "run_dir": str(tmp_path / "run"),
-            "llm": {"ideator": llm, "implementer": llm}, "implement": {"samples": 1, "revisions": 1},
-            "cluster": {"cluster": "local", "poll_s": 1.0},
-            "search": {"epochs": 50, "ideas_per_epoch": 3, "ideas_per_call": 3}}))
-        out = subprocess.run(["sbatch", "--parsable", f"--chdir={ROOT}", f"--output={tmp_path}/daemon-%j.out",
-                              f"--export=ALL,TOOLKIT_BIN={ROOT}/.venv/bin/toolkit",
-                              str(ROOT / "slurm" / "launch_search.sh"), str(config)],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        job_id = out.split(";")[0]
-        run = tmp_path / "run"
-        deadline = time.time() + 240
-        while time.time() < deadline and '"kind": "submitted"' not in _events(run):
-            time.sleep(0.5)
+        job_id, run, deadline = launch(tmp_path, server.base_url, {"epochs": 50, "ideas_per_epoch": 3, "ideas_per_call": 3})
         subprocess.run(["scancel", job_id], check=True)
         while time.time() < deadline and not any(s.startswith("CANCELLED") for s in sacct_states(job_id)):
             time.sleep(1)

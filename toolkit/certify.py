@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from toolkit import fsio
-from toolkit.config import CertifyConfig, SearchRunConfig
+from toolkit.config import SearchRunConfig
 from toolkit.envs import EnvSpec
-from toolkit.layout import RunLayout
+from toolkit.layout import REPLICA_MARK, RunLayout
 from toolkit.patching import apply_patch
 from toolkit.policy import BASELINE_ID
-from toolkit.state import REPLICA_MARK, CandidateView, EventLog, RunState
+from toolkit.state import CandidateView, EventLog, RunState
 
 CI_LEVEL = 0.95
 REPLICA_FAILURES = ("failed", "invalid", "timeout")   # the candidate's own doing; `lost` is the cluster's
@@ -151,6 +151,18 @@ def seeding_lines(diff: str) -> list[str]:
     return [line for line in changed if SEED_WORD.search(line[1:].split("#", 1)[0])]   # code, not comments
 
 
+def baseline_runs(state: RunState) -> list[CandidateView]:
+    """Every run of the unchanged codebase: its screening run, noise-floor runs and interleaved re-runs."""
+    base = state.candidates.get(BASELINE_ID)
+    return ([base] if base else []) + [v for v in state.replicas.values() if v.parent == BASELINE_ID]
+
+
+def hours(state: RunState) -> tuple[float, float]:
+    """(screening, certification) hours so far, finished runs only."""
+    screen = sum(run_hours(v) for v in state.candidates.values() if v.status)
+    return screen, sum(run_hours(v) for v in state.replicas.values() if v.status)
+
+
 def replica_id(cid: str, seed: int) -> str:
     return f"{cid}{REPLICA_MARK}s{seed}"
 
@@ -249,7 +261,7 @@ class Certifier:
     def run_cost_hours(self) -> float:
         """The measured cost of one run (the baseline's, else any ok run's), else the env's time limit."""
         done = [v for v in self.state.runs() if v.status == "ok" and v.wall_s > 0]
-        base = [v for v in done if v.cid == BASELINE_ID or v.parent == BASELINE_ID]
+        base = [v for v in baseline_runs(self.state) if v.status == "ok" and v.wall_s > 0]
         pick = base or done
         if pick:
             return statistics.fmean(run_hours(v) for v in pick)
@@ -266,11 +278,6 @@ class Certifier:
         left = self.allowance_hours() - self.spent_hours()
         runs = int(left / max(self.run_cost_hours(), 1e-12)) - self.c.baseline_seeds
         return max(0, min(wanted, runs // self.c.seeds))
-
-    def hours(self) -> tuple[float, float]:
-        """(screening, certification) hours so far, finished runs only."""
-        screen = sum(run_hours(v) for v in self.state.candidates.values() if v.status)
-        return screen, sum(run_hours(v) for v in self.state.replicas.values() if v.status)
 
     # ---- replica code -------------------------------------------------------------------------------------
     def build_dirs(self) -> None:
@@ -327,12 +334,8 @@ class Certifier:
         ok = [float(r.metric) for r in same_round if r.status == "ok" and r.metric is not None]
         if len(ok) >= 2:
             return ok, ""
-        pooled = [float(v.metric) for v in self.baseline_runs() if v.status == "ok" and v.metric is not None]
+        pooled = [float(v.metric) for v in baseline_runs(self.state) if v.status == "ok" and v.metric is not None]
         return pooled, ", all baseline runs: this round's failed"
-
-    def baseline_runs(self) -> list[CandidateView]:
-        base = self.state.candidates.get(BASELINE_ID)
-        return ([base] if base else []) + [v for v in self.state.replicas.values() if v.parent == BASELINE_ID]
 
     def _floor_runs(self) -> list[CandidateView]:
         return [v for v in self.state.replicas.values() if v.purpose == "floor"]

@@ -169,6 +169,12 @@ def _children_names(folder: str) -> list[str]:
         return []
 
 
+def existing_paths(paths: tuple[str, ...] | list[str]) -> list[str]:
+    """Extra read-only trees that exist on this host (a login node and a compute node may mount different
+    ones; Landlock refuses a rule on a missing path)."""
+    return [p for p in paths if os.path.exists(p)]
+
+
 def candidate_policy(code_dir: Path, scratch: Path, read: list[str], mechanism: str, network: bool = False,
                      timeout_s: float = 0.0, code_writable: bool = True) -> Policy:
     """The policy of a step that runs candidate code: its code dir (unless `code_writable` is off) and

@@ -19,11 +19,11 @@ from toolkit import fsio, pins
 from toolkit.config import RunConfig
 from toolkit.envs import EnvSpec, data_dirs
 from toolkit.implementer import Implementer
-from toolkit.layout import RunLayout
+from toolkit.layout import RunLayout, is_replica
 from toolkit.llm.base import SpendMeter
 from toolkit.records import Idea, from_json, result_event, to_json
 from toolkit.scheduler import Cluster
-from toolkit.state import CandidateView, EventLog, is_replica
+from toolkit.state import CandidateView, EventLog
 from toolkit.worker import WorkerTask
 
 FAST_TICK_S = 1.0

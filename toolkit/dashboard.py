@@ -141,10 +141,7 @@ def epoch_progress(state: RunState) -> Table:
 def headline(state: RunState) -> Text:
     meta = state.meta
     base = state.candidates.get("baseline")
-    best = max((v for v in state.candidates.values() if v.status == "ok" and v.reward is not None and v.cid != "baseline"),
-               key=lambda v: v.reward, default=None)
-    certified = max((v for v in state.candidates.values() if v.verdict == "certified" and v.cert_reward is not None),
-                    key=lambda v: v.cert_reward, default=None)  # type: ignore[arg-type, return-value]
+    best, certified = state.best_screened(), state.best_certified()
     parts = [f"baseline reward {_fmt(base.reward) if base and base.reward is not None else '-'}",
              f"best screened {_fmt(best.reward) if best else '-'}" + (f" ({best.cid})" if best else ""),
              f"best certified {_fmt(certified.cert_reward) if certified else '-'}"

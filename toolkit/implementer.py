@@ -6,7 +6,6 @@ failure goes back to revision, so no GPU time is spent on code that cannot start
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -257,7 +256,7 @@ def _quick_check_now(code_dir: Path, spec: EnvSpec, timeout_s: float, data_dir: 
         env = {**jobenv.job_environ(extra_allow=site.env_passthrough), **{k: str(v) for k, v in spec.env_vars.items()},
                "TOOLKIT_QUICK_CHECK": "1", "TOOLKIT_SCRATCH": str(scratch), "TOOLKIT_SMOKE": "1",
                "TOOLKIT_DATA_DIR": str(data_dir)}
-        read = [str(data_dir), *(p for p in site.sandbox_read if os.path.exists(p))]
+        read = [str(data_dir), *confine.existing_paths(site.sandbox_read)]
         policy = confine.candidate_policy(work, scratch, read, sandbox, network=spec.network, timeout_s=timeout_s)
         launch = confine.launch_argv(policy, ["bash", "-c", spec.quick_check], Path(tmp) / "control")
         proc = subprocess.run(launch.argv, cwd=work, env=confine.confined_environ(env, scratch), capture_output=True,

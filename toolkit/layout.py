@@ -28,6 +28,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+REPLICA_MARK = "~"                     # replica run ids: <cid>~s<seed> (never a candidate id: see Daemon.add_ideas)
+
+
+def is_replica(run_id: str) -> bool:
+    """A noise-floor or certification re-run (its paths live under replicas/, not candidates/)."""
+    return REPLICA_MARK in run_id
+
 
 @dataclass(frozen=True)
 class CandidatePaths:
@@ -111,8 +118,8 @@ class RunLayout:
         return self.root / "candidates"
 
     def candidate(self, cid: str) -> CandidatePaths:
-        """A candidate's paths, or a replica's (ids with "~": noise-floor and certification re-runs)."""
-        return CandidatePaths((self.replicas if "~" in cid else self.candidates) / cid)
+        """A candidate's paths, or a replica's (noise-floor and certification re-runs)."""
+        return CandidatePaths((self.replicas if is_replica(cid) else self.candidates) / cid)
 
     @property
     def replicas(self) -> Path:

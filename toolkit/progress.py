@@ -58,10 +58,7 @@ def event_line(event: dict[str, Any]) -> str | None:
 
 def progress_line(state: RunState) -> str:
     counts = " | ".join(f"{k} {n}" for k, n in state.stage_counts().items() if n)
-    ok = [v for v in state.candidates.values() if v.status == "ok" and v.reward is not None and v.cid != "baseline"]
-    best = max(ok, key=lambda v: v.reward, default=None)  # type: ignore[arg-type, return-value]
-    certified = [v for v in ok if v.verdict == "certified" and v.cert_reward is not None]
-    top = max(certified, key=lambda v: v.cert_reward, default=None)  # type: ignore[arg-type, return-value]
+    best, top = state.best_screened(), state.best_certified()
     epochs = state.meta.get("search", {}).get("epochs")
     head = f"epoch {int(state.meta.get('epoch', 0)) + 1}/{epochs} | " if epochs else ""
     return (f"progress: {head}{counts or 'nothing yet'} | best screened "

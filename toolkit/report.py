@@ -420,9 +420,9 @@ def replica_frame(run: RunData) -> pd.DataFrame:
 
 def baseline_spread(run: RunData) -> tuple[float, float, int] | None:
     """(mean, sd, n) of the baseline's reward over every seed it ran with (screening + replicas)."""
-    base = run.state.candidates.get(BASELINE_ID)
-    runs = ([base] if base else []) + [v for v in run.state.replicas.values() if v.parent == BASELINE_ID]
-    rewards = [float(v.reward) for v in runs if v.status == "ok" and v.reward is not None]
+    from toolkit.certify import baseline_runs
+
+    rewards = [float(v.reward) for v in baseline_runs(run.state) if v.status == "ok" and v.reward is not None]
     if len(rewards) < 2:
         return None
     return float(pd.Series(rewards).mean()), float(pd.Series(rewards).std()), len(rewards)
@@ -450,13 +450,12 @@ def _clip(text: str, chars: int = 160) -> str:
 
 
 def certification_summary(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
-    from toolkit.certify import run_hours
+    from toolkit.certify import hours, run_hours
 
     ideas = ideas_only(frame)
     verdicts = ideas["verdict"].fillna("")
     alpha = run.state.meta.get("search", {}).get("certify", {}).get("alpha")
-    screen = sum(run_hours(v) for v in run.state.candidates.values() if v.status)
-    cert = sum(run_hours(v) for v in run.state.replicas.values() if v.status)
+    screen, cert = hours(run.state)
     ran = [run_hours(v) for v in run.state.candidates.values() if v.status == "ok"]
     dups = int((ideas["duplicate_of"].fillna("") != "").sum())
     row = dict(tested=int((verdicts != "").sum()), certified=int((verdicts == "certified").sum()),

@@ -140,20 +140,16 @@ class SearchDaemon(Daemon):
             return
         self.log.emit("epoch_ended", epoch=self.epoch, reason="complete" if complete else "deadline",
                       outstanding=sum(1 for v in views if not v.terminal))
-        last = self.epoch + 1 >= self.search.epochs or bool(self.budget_reason())
-        self.certifier.after_epoch(self.epoch, last)
-        if self.epoch + 1 < self.search.epochs and not self.budget_reason():
-            self.begin_epoch(self.epoch + 1)
-        elif self.done():
-            self.finish("all epochs done")
+        self.after_ended_epoch()
 
     def done(self) -> bool:
         """Every run has its outcome and every certification round its verdicts."""
         return super().done() and not self.certifier.busy()
 
     def after_ended_epoch(self) -> None:
-        """The epoch already ended: the last one waits for late results and its certification round; after a
-        restart between `epoch_ended` and the next `epoch_started`, the round and the next epoch still come."""
+        """Once the epoch has ended (now, or before a restart between `epoch_ended` and the next
+        `epoch_started`): its certification round, then the next epoch; the last one waits for late results
+        and its round's verdicts."""
         if self.budget_reason() and not self.pending_jobs() and not self.inflight:
             return self.finish(f"budget: {self.budget_reason()}")
         last = self.epoch + 1 >= self.search.epochs or bool(self.budget_reason())

@@ -12,17 +12,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from toolkit import fsio
-from toolkit.layout import RunLayout
+from toolkit.layout import RunLayout, is_replica
 
 # Stages a candidate passes through, in order; the dashboard counts them.
 STAGES = ("proposed", "duplicate", "implementing", "applied", "refused", "impl_failed", "queued", "running",
           "ok", "failed", "timeout", "invalid", "lost")
-VERDICTS = ("certified", "not significant", "unreproducible")
-REPLICA_MARK = "~"                     # replica run ids: <cid>~s<seed> (never a candidate id: see add_ideas)
-
-
-def is_replica(run_id: str) -> bool:
-    return REPLICA_MARK in run_id
 
 
 @dataclass(frozen=True)
@@ -129,6 +123,16 @@ class RunState:
         for c in self.candidates.values():
             counts[c.stage] += 1
         return counts
+
+    def best_screened(self) -> CandidateView | None:
+        """The idea with the best screening reward (the baseline aside)."""
+        ok = [v for v in self.candidates.values() if v.status == "ok" and v.reward is not None and v.cid != "baseline"]
+        return max(ok, key=lambda v: float(v.reward), default=None)  # type: ignore[arg-type]
+
+    def best_certified(self) -> CandidateView | None:
+        """The certified idea with the best mean reward over its fresh-seed re-runs."""
+        done = [v for v in self.candidates.values() if v.verdict == "certified" and v.cert_reward is not None]
+        return max(done, key=lambda v: float(v.cert_reward), default=None)  # type: ignore[arg-type]
 
     def execution_rate(self) -> float | None:
         """Share of ideas that ran and returned a valid, non-zero result (the paper's definition)."""

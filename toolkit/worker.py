@@ -189,7 +189,7 @@ def run_confined(spec: EnvSpec, task: WorkerTask, paths: CandidatePaths, env: di
                  mechanism: str) -> StepOutcome:
     """The candidate's `run`, confined: its code dir and scratch writable, the public data readable."""
     public, _ = data_dirs(task.data_dir, spec.name)
-    read = [str(public), *existing(task.sandbox_read)]
+    read = [str(public), *confine.existing_paths(task.sandbox_read)]
     policy = confine.candidate_policy(paths.code, paths.scratch, read, mechanism, network=spec.network,
                                       timeout_s=spec.resources.time_min * 60)
     return run_launched(policy, ["bash", "-c", spec.run], paths.code, confine.confined_environ(env, paths.scratch),
@@ -351,11 +351,6 @@ def _step_env(spec: EnvSpec, task: WorkerTask, paths: CandidatePaths) -> dict[st
     if task.smoke:
         env["TOOLKIT_SMOKE"] = "1"
     return env
-
-
-def existing(paths: tuple[str, ...] | list[str]) -> list[str]:
-    """Site trees that exist on this node (a login node and a compute node may mount different ones)."""
-    return [p for p in paths if os.path.exists(p)]
 
 
 def _seeded(env: dict[str, str], seed: int) -> dict[str, str]:
