@@ -15,7 +15,6 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("math_verify")
-pytest.importorskip("reasoning_gym")
 
 from toolkit.envs import load_env  # noqa: E402
 

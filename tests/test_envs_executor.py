@@ -150,7 +150,7 @@ def forge_validate_diff(code: Path) -> str:
 def test_grpo_math_smoke_through_executor(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     pytest.importorskip("math_verify")
-    pytest.importorskip("reasoning_gym")
+    pytest.importorskip("math_verify")
     code = ENVS / "grpo_math" / "code"
     reinforce = make_diff(code, "train.py", 'loss_type = "grpo_clip"', 'loss_type = "reinforce_with_baseline"')
     lenient = make_diff(code, "grader.py", "return answer is not None and is_equivalent(gold, answer)",

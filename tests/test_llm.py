@@ -320,6 +320,23 @@ def test_the_servers_should_retry_header_wins_over_the_status(provider: str) -> 
     assert (reply.status, reply.attempts) == ("ok", 2)
 
 
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_stream_cut_short_is_asked_again_and_every_request_is_counted(provider: str) -> None:
+    """The SDK retries the 503 (before the stream began); our loop re-asks the cut stream, which no SDK can see.
+    `attempts` counts all four requests, whichever layer sent them."""
+    unavailable = FakeReply(status=503, text="busy", retry_after_s=0.0)
+    with FakeLLMServer([unavailable, FakeReply(text="half of an answer " * 8, cut=True), unavailable, "whole"]) as srv:
+        reply = ask(srv, provider, stream=True, backoff_s=0.001)
+    assert (reply.status, reply.text, reply.attempts, len(srv.requests)) == ("ok", "whole", 4, 4)
+
+
+def test_a_stream_cut_short_every_time_ends_as_an_error_after_max_retries() -> None:
+    with FakeLLMServer(lambda request: FakeReply(text="never finished " * 8, cut=True)) as srv:
+        reply = ask(srv, "openai", stream=True, max_retries=2, backoff_s=0.001)
+    assert reply.status == "error" and reply.attempts == 3 and len(srv.requests) == 3
+    assert reply.reason.startswith("connection after 2 retries: stream ended before a finish_reason")
+
+
 def test_a_retry_after_given_as_an_http_date_is_honoured() -> None:
     import email.utils
     import time as _time

@@ -36,7 +36,8 @@ class AnthropicClient(LLMClient):
         check_thinking(settings)
         self._sdk = anthropic.Anthropic(api_key=api_key_from_env(settings, "ANTHROPIC_API_KEY"),
                                         base_url=settings.base_url or None,
-                                        timeout=settings.timeout_s, max_retries=0)
+                                        timeout=settings.timeout_s, max_retries=settings.max_retries,
+                                        http_client=self.requests.client(anthropic))
 
     def _call_once(self, req: ChatRequest) -> LLMReply:
         with sdk_errors(anthropic, httpx2, self.settings.timeout_s):

@@ -1,12 +1,16 @@
-"""One small interface to every LLM. Retries, backoff, timeouts, concurrency and cost accounting live here, once.
+"""One small interface to every LLM. Timeouts, concurrency, cost accounting and the retries the SDKs leave
+to us live here, once.
 
-A provider implements `_call_once` (one attempt, no retries) and raises `CallError` for API trouble; the
-base class turns every failure into an `LLMReply` with a status and a reason, so callers never see a vendor
-exception. Config bugs (unknown provider, missing API key, conflicting settings) raise `LLMConfigError`.
+A provider implements `_call_once` (one attempt) and raises `CallError` for API trouble; the base class turns
+every failure into an `LLMReply` with a status and a reason, so callers never see a vendor exception. Config
+bugs (unknown provider, missing API key, conflicting settings) raise `LLMConfigError`.
+
+HTTP-level retries (429, 5xx, time-outs, connection errors) belong to the official SDKs: they follow the
+server's `x-should-retry` and Retry-After (seconds or an HTTP date), and we count every request they send. Our
+own loop re-asks only what an SDK cannot see: an empty reply, and a stream cut short after it began.
 """
 from __future__ import annotations
 
-import email.utils
 import importlib
 import logging
 import os
@@ -27,8 +31,7 @@ from toolkit.llm import prices
 log = logging.getLogger(__name__)
 
 MAX_EMPTY_RETRIES = 2          # an empty reply is retried at most this often (it usually means a thinking overrun)
-MAX_SLEEP_S = 300.0            # cap on one backoff or Retry-After sleep
-RETRYABLE_HTTP = frozenset({408, 409, 429})   # plus every 5xx
+MAX_SLEEP_S = 300.0            # cap on one backoff sleep of our own loop
 
 # provider -> "module:Class"; modules load lazily so `import toolkit.llm` never imports a vendor SDK
 PROVIDERS: dict[str, str] = {
@@ -55,8 +58,9 @@ class LLMSettings:
     api_key_env: str = ""               # env var holding the key; "" = the provider's default variable
     stream: bool = False
     timeout_s: float = 600.0            # per HTTP call
-    max_retries: int = 6                # our retries on 429 / 5xx / timeouts / connection errors (SDK retries off)
-    backoff_s: float = 2.0              # base of exponential backoff with jitter; Retry-After wins when given
+    max_retries: int = 6                # the SDK's HTTP retries per call (429, 5xx, time-outs, connection errors),
+                                        # and ours for a stream cut short
+    backoff_s: float = 2.0              # base of our backoff (empty replies, cut streams); the SDK's own is fixed
     concurrency: int = 32               # parallel calls in complete_many (and in flight per client)
     replay_file: str = ""               # replay provider: JSONL of recorded responses
     record_file: str = ""               # any provider: append each ok response to this JSONL in replay format
@@ -101,64 +105,37 @@ class LLMReply:
 
 
 class CallError(Exception):
-    """One failed attempt, raised by a provider's `_call_once`."""
+    """One failed attempt, raised by a provider's `_call_once`. `retryable`: our loop may ask again (a stream
+    cut short); an error the SDK has already retried, or may not retry, is final."""
 
-    def __init__(self, code: str, detail: str = "", retryable: bool = False,
-                 retry_after_s: float | None = None) -> None:
+    def __init__(self, code: str, detail: str = "", retryable: bool = False) -> None:
         super().__init__(f"{code}: {detail}" if detail else code)
-        self.code, self.detail = code, detail
-        self.retryable, self.retry_after_s = retryable, retry_after_s
+        self.code, self.detail, self.retryable = code, detail, retryable
 
     def reason(self, retries: int) -> str:
-        head = f"{self.code} after {retries} retries" if self.retryable else self.code
+        head = f"{self.code} after {retries} retries" if retries else self.code
         return f"{head}: {self.detail}" if self.detail else head
-
-
-def http_error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> CallError:
-    """An HTTP error answer as a CallError. A status below 400 is an error event inside a 200 stream. The
-    server's `x-should-retry` header wins over the status, as in the official SDKs' own retry rules."""
-    headers = {k.lower(): v for k, v in (headers or {}).items()}
-    retryable = status < 400 or status >= 500 or status in RETRYABLE_HTTP
-    should = str(headers.get("x-should-retry", "")).strip().lower()
-    retryable = {"true": True, "false": False}.get(should, retryable)
-    return CallError(str(status), detail, retryable, retry_after_s(headers))
 
 
 @contextmanager
 def sdk_errors(sdk: Any, transport: Any, timeout_s: float) -> Iterator[None]:
-    """Map an official SDK's exceptions (openai and anthropic name them alike) and its HTTP transport's
-    (httpx2) to CallError: status errors by code, time-outs and connection trouble as retryable."""
+    """Map an official SDK's exceptions (openai and anthropic name them alike) to CallError. The SDK raises
+    status, time-out and connection errors after its own retries, so those are final; the transport's
+    (httpx2) errors surface only mid-stream, where the SDK does not retry, so our loop may."""
     try:
         yield
     except sdk.APIStatusError as e:
-        raise http_error(e.status_code, error_detail(e.body, e.message), e.response.headers) from e
-    except (sdk.APITimeoutError, transport.TimeoutException) as e:
-        raise CallError("timeout", f"no answer within timeout_s={timeout_s}", True) from e
-    except (sdk.APIConnectionError, transport.TransportError) as e:
+        raise CallError(str(e.status_code), error_detail(e.body, e.message)) from e
+    except sdk.APITimeoutError as e:
+        raise CallError("timeout", f"no answer within timeout_s={timeout_s}") from e
+    except sdk.APIConnectionError as e:
+        raise CallError("connection", str(e) or type(e).__name__) from e
+    except transport.TimeoutException as e:
+        raise CallError("timeout", f"a stream stalled for timeout_s={timeout_s}", True) from e
+    except transport.TransportError as e:
         raise CallError("connection", str(e) or type(e).__name__, True) from e
     except sdk.APIError as e:           # malformed answer, or an error object inside a stream
         raise CallError("api error", str(e), True) from e
-
-
-def retry_after_s(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `retry-after` as seconds or as an HTTP date."""
-    headers = {k.lower(): v for k, v in headers.items()}
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        try:
-            return max(0.0, float(headers[name]) * scale)
-        except (KeyError, TypeError, ValueError):
-            continue
-    return _http_date_s(headers.get("retry-after"))
-
-
-def _http_date_s(value: Any) -> float | None:
-    try:
-        when = email.utils.parsedate_to_datetime(str(value))
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None or when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def error_detail(body: Any, fallback: str) -> str:
@@ -166,6 +143,24 @@ def error_detail(body: Any, fallback: str) -> str:
     inner = body.get("error", body) if isinstance(body, dict) else None
     message = inner.get("message") if isinstance(inner, dict) else None
     return str(message) if message else fallback
+
+
+class RequestCounter:
+    """Counts the HTTP requests a thread sends through an SDK's client, its retries included (an httpx2
+    request hook: the SDK's sync client retries in the calling thread)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def count(self, request: Any = None) -> None:
+        self._local.sent = self.sent() + 1
+
+    def sent(self) -> int:
+        return getattr(self._local, "sent", 0)
+
+    def client(self, sdk: Any) -> Any:
+        """The SDK's default HTTP client, counting through this counter."""
+        return sdk.DefaultHttpxClient(event_hooks={"request": [self.count]})
 
 
 def api_key_from_env(settings: LLMSettings, default_env: str) -> str:
@@ -230,6 +225,7 @@ class LLMClient(ABC):
         self._on_reply = on_reply
         self._slots = threading.BoundedSemaphore(settings.concurrency)
         self._sleep = time.sleep
+        self.requests = RequestCounter()      # the SDK clients hook it into their HTTP client
 
     @abstractmethod
     def _call_once(self, req: ChatRequest) -> LLMReply:
@@ -257,43 +253,49 @@ class LLMClient(ABC):
             return list(pool.map(self.complete, reqs))
 
     def _with_retries(self, req: ChatRequest) -> LLMReply:
-        start, used, empties = time.monotonic(), LLMReply("error"), 0
+        """The SDK retried each HTTP failure already; here an empty reply (at most MAX_EMPTY_RETRIES times) or
+        a stream cut short (at most max_retries times) is asked again. `attempts` counts every request sent."""
+        start, used, empties, first = time.monotonic(), LLMReply("error"), 0, self.requests.sent()
         for attempt in range(1, self.settings.max_retries + 2):
             try:
-                reply = self._call_once(req)
+                reply = self._counted_call(req)
             except CallError as err:
                 if not err.retryable or attempt > self.settings.max_retries:
-                    return self._failed(err, used, attempt, start)
-                self._sleep(self._backoff_s(attempt, err.retry_after_s))
+                    return self._failed(err, used, self.requests.sent() - first, start)
+                self._sleep(self._backoff_s(attempt))
                 continue
             used = _add_usage(used, self._priced(reply))
             if reply.text.strip():
-                return self._stamped(reply, used, attempt, start)
+                return self._stamped(reply, used, self.requests.sent() - first, start)
             empties += 1
             if empties > MAX_EMPTY_RETRIES or attempt > self.settings.max_retries:
                 empty = CallError("empty output", f"finish_reason={reply.finish_reason or '?'}", retryable=True)
-                return self._failed(empty, used, attempt, start, retries=empties - 1)
-            self._sleep(self._backoff_s(attempt, None))
+                return self._failed(empty, used, self.requests.sent() - first, start)
+            self._sleep(self._backoff_s(attempt))
         raise AssertionError("unreachable: the last attempt always returns")
 
-    def _backoff_s(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, MAX_SLEEP_S)
+    def _counted_call(self, req: ChatRequest) -> LLMReply:
+        before = self.requests.sent()
+        try:
+            return self._call_once(req)
+        finally:
+            if self.requests.sent() == before:   # no HTTP (replay), or it failed before a request was sent
+                self.requests.count()
+
+    def _backoff_s(self, attempt: int) -> float:
         return min(self.settings.backoff_s * 2 ** (attempt - 1), MAX_SLEEP_S) * random.uniform(0.5, 1.0)
 
     def _priced(self, reply: LLMReply) -> LLMReply:
         cost = prices.cost_usd(self.settings, reply.model, reply.input_tokens, reply.output_tokens)
         return replace(reply, cost_usd=cost)
 
-    def _stamped(self, reply: LLMReply, used: LLMReply, attempt: int, start: float) -> LLMReply:
+    def _stamped(self, reply: LLMReply, used: LLMReply, attempts: int, start: float) -> LLMReply:
         return replace(reply, input_tokens=used.input_tokens, output_tokens=used.output_tokens,
-                       cost_usd=used.cost_usd, attempts=attempt, wall_s=time.monotonic() - start)
+                       cost_usd=used.cost_usd, attempts=attempts, wall_s=time.monotonic() - start)
 
-    def _failed(self, err: CallError, used: LLMReply, attempt: int, start: float,
-                retries: int | None = None) -> LLMReply:
-        reason = err.reason(attempt - 1 if retries is None else retries)
-        failed = LLMReply("error", reason=reason, model=self.settings.model)
-        return self._stamped(failed, used, attempt, start)
+    def _failed(self, err: CallError, used: LLMReply, attempts: int, start: float) -> LLMReply:
+        failed = LLMReply("error", reason=err.reason(attempts - 1), model=self.settings.model)
+        return self._stamped(failed, used, attempts, start)
 
     def _record(self, req: ChatRequest, reply: LLMReply) -> None:
         if not self.settings.record_file or not reply.ok:

@@ -43,7 +43,8 @@ class OpenAIClient(LLMClient):
                  on_reply: OnReply | None = None) -> None:
         super().__init__(settings, meter, on_reply)
         self._sdk = openai.OpenAI(api_key=self._api_key(), base_url=settings.base_url or None,
-                                  timeout=settings.timeout_s, max_retries=0)
+                                  timeout=settings.timeout_s, max_retries=settings.max_retries,
+                                  http_client=self.requests.client(openai))
 
     def _api_key(self) -> str:
         return api_key_from_env(self.settings, "OPENAI_API_KEY")

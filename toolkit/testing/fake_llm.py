@@ -43,6 +43,7 @@ class FakeReply:
     truncate: bool = False               # half the text, finish_reason "length" / stop_reason "max_tokens"
     reasoning_tokens: int = 0            # hidden reasoning (OpenAI reasoning models): counted in usage, no text
     headers: tuple[tuple[str, str], ...] = ()   # more headers on an error answer (x-should-retry, a dated Retry-After)
+    cut: bool = False                    # a stream that stops half-way, with no finish event (a dropped connection)
 
 
 Responder = Callable[[dict], FakeReply]
@@ -341,7 +342,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.end_headers()    # HTTP/1.0: the stream ends when the connection closes
-        for event in stream(body, reply):
+        events = list(stream(body, reply))
+        for event in events[:len(events) // 2] if reply.cut else events:
             self.wfile.write(event.encode())
 
     def _send_json(self, status: int, data: dict, headers: dict[str, str] | None = None) -> None:
