@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from benchlib import REPO, Report, make_diff, run_bench, secs
-from toolkit.certify import baseline_runs, hours
+from toolkit.search.certify import baseline_runs, hours
 from toolkit.layout import RunLayout
 from toolkit.state import load_state
 

@@ -1,7 +1,7 @@
 """Benchmark 7: what confining candidate code costs, per stage.
 
 Every step that runs candidate code (the run, the quick check, the eval's model child) starts through the
-confinement launcher (`python -m toolkit.confine`: a subreaper that applies Landlock and a user namespace,
+confinement launcher (`python -m toolkit.cluster.confine`: a subreaper that applies Landlock and a user namespace,
 waits, and reaps by ancestry). Measured here, medians of ROUNDS:
   launch:      `true` through the launcher, against `true` started directly and against a bare interpreter
                start (`python -c pass`, the floor of any Python launcher);
@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from benchlib import Report, ms, run_bench, secs
-from toolkit import confine
-from toolkit.scoring import ModelChild
+from toolkit.cluster import confine
+from toolkit.cluster.scoring import ModelChild
 
 ROUNDS = 10
 REPO = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchlib import (Report, bench_config, cids, make_diff, open_bench_run, run_bench, secs, sleep_env)
 from toolkit.config import ClusterConfig, ImplementConfig
-from toolkit.daemon import Daemon
+from toolkit.execute.pipeline import Daemon
 from toolkit.records import Idea
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 

@@ -17,7 +17,7 @@ from benchlib import (Report, SlurmCalls, bench_config, cancel, cancel_named, ci
                       real_slurm, run_bench, sleep_env, submitted_event, timed_cluster, write_events,
                       write_ready_candidate)
 from toolkit.config import ClusterConfig
-from toolkit.daemon import Daemon
+from toolkit.execute.pipeline import Daemon
 
 ARRAYS, TASKS_PER_ARRAY = 10, 200
 COUNTS = (200, 1000, 2000)

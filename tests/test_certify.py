@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from helpers import FIXTURES, copy_env, make_diff
-from toolkit.certify import interleave, judge, nominees, noise_floor, one_sided_p
+from toolkit.search.certify import interleave, judge, nominees, noise_floor, one_sided_p
 from toolkit.config import SearchRunConfig, from_dict
 from toolkit.evolve import run_search
 from toolkit.state import CandidateView
@@ -99,7 +99,7 @@ def test_false_certification_rate_is_consistent_with_alpha(noise: str) -> None:
 
 
 def test_a_diff_that_touches_seeding_is_seen() -> None:
-    from toolkit.certify import seeding_lines
+    from toolkit.search.certify import seeding_lines
 
     pinned = make_diff(NOISY_ENV / "code", "train.py", 'SEED = int(os.environ.get("TOOLKIT_SEED", "1337"))', "SEED = 7")
     assert seeding_lines(pinned) and not seeding_lines(make_diff(NOISY_ENV / "code", "train.py", "EFFECT = 0.0 ", "EFFECT = 0.3 "))
@@ -189,7 +189,7 @@ def shows_everywhere(run: Path, certified: str, replicas: int, capsys) -> None:
     import pandas as pd
 
     from toolkit import cli
-    from toolkit.report import build_report
+    from toolkit.report.page import build_report
 
     capsys.readouterr()
     assert cli.main(["status", str(run)]) == 0

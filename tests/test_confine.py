@@ -1,4 +1,4 @@
-"""toolkit.confine: what a confined process can and cannot do, leftovers by ancestry, and the mechanisms.
+"""toolkit.cluster.confine: what a confined process can and cannot do, leftovers by ancestry, and the mechanisms.
 
 Everything here runs as root (CI too), so a test that relied on Unix permissions would prove nothing:
 Landlock and namespaces hold for root. Each defence is tested next to a benign control.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import confine
+from toolkit.cluster import confine
 
 PROBE = textwrap.dedent("""
     import json, os, socket, sys

@@ -1,4 +1,4 @@
-"""Near-duplicate ideas (toolkit.dedup): precision/recall on a labelled fixture, the find() API, the conflict
+"""Near-duplicate ideas (toolkit.search.dedup): precision/recall on a labelled fixture, the find() API, the conflict
 rules, the embedding method through the REAL openai SDK over loopback (fake_llm), its failures, and speed.
 Run with `pytest -s tests/test_dedup.py` to see the measured figures."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit.dedup import (EMBEDDING_THRESHOLD, TEXT_THRESHOLD, DedupError, DuplicateFinder, Match,
+from toolkit.search.dedup import (EMBEDDING_THRESHOLD, TEXT_THRESHOLD, DedupError, DuplicateFinder, Match,
                            canonical_tokens, conflicting, facts, openai_embedder)
 from toolkit.errors import ConfigError
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply, fake_embedding

@@ -14,13 +14,13 @@ from search_helpers import toy_search_responder
 from toolkit import fsio
 from toolkit.cli import main
 from toolkit.config import ClusterConfig, ImplementConfig, LLMConfig, RunConfig, SearchRunConfig, from_dict
-from toolkit.daemon import Daemon
+from toolkit.execute.pipeline import Daemon
 from toolkit.evolve import run_search
 from toolkit.executor import execute_ideas
 from toolkit.llm.base import LLMSettings
 from toolkit.records import Idea, ImplementOutcome, to_json
 from toolkit.runs import open_run
-from toolkit.scheduler import Cluster, JobState
+from toolkit.cluster.scheduler import Cluster, JobState
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 
 
@@ -277,7 +277,7 @@ def test_the_cluster_is_asked_once_per_poll_s_while_an_implementation_is_in_flig
     """The tick runs every second for an implementation in flight; the job-state query keeps its own due time."""
     from concurrent.futures import Future
 
-    from toolkit.scheduler import JobState
+    from toolkit.cluster.scheduler import JobState
 
     calls = []
 

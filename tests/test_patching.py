@@ -1,4 +1,4 @@
-"""Tests for toolkit.patching: real files in tmp_path, the real GNU patch binary."""
+"""Tests for toolkit.execute.patching: real files in tmp_path, the real GNU patch binary."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.patching import (
+from toolkit.execute.patching import (
     NO_DIFF,
     PatchOutcome,
     apply_patch,

@@ -29,7 +29,7 @@ def test_quickstart_replay_is_current_and_every_diff_applies(tmp_path: Path) -> 
     import subprocess
     import sys
 
-    from toolkit.patching import apply_patch
+    from toolkit.execute.patching import apply_patch
 
     replay = ROOT / "configs" / "replay" / "quickstart.jsonl"
     before = replay.read_text()

@@ -12,7 +12,7 @@ from helpers import copy_env
 from toolkit import fsio
 from toolkit.config import ClusterConfig, LLMConfig, RunConfig
 from toolkit.llm.base import LLMSettings
-from toolkit.daemon import Daemon
+from toolkit.execute.pipeline import Daemon
 from toolkit.records import Idea, ImplementOutcome, to_json
 from toolkit.runs import open_run
 

@@ -26,11 +26,14 @@ from search_helpers import _user_text
 from toolkit.config import SearchRunConfig, from_dict
 from toolkit.evolve import run_search
 from toolkit.layout import RunLayout
-from toolkit.report import (NOT_JUDGED, add_report_parser, build_report, diversity, fmt, load_run, parse_verdict,
-                            spend_table, ideas_table)
+from toolkit.report.judge import parse_verdict
+from toolkit.report.page import add_report_parser, build_report, fmt
+from toolkit.report.runs import NOT_JUDGED, ideas_table, load_run
+from toolkit.report.tables import diversity, spend_table
 from toolkit.state import RunState
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
-from toolkit.wandb_log import WandbLogger, WandbSettings
+from toolkit.config import WandbSettings
+from toolkit.report.wandb_log import WandbLogger
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -331,7 +334,7 @@ def test_categories_judged_once_and_cached(runs, report) -> None:
 
 def _judge_client(base_url: str):
     from toolkit.llm.base import make_client
-    from toolkit.report import judge_settings
+    from toolkit.report.judge import judge_settings
 
     return make_client(judge_settings("openai-compatible", "fake-judge", base_url + "/v1"))
 
@@ -538,7 +541,7 @@ def test_report_of_runs_with_the_same_name_and_no_results(tmp_path: Path) -> Non
 
 def test_judge_needs_a_model() -> None:
     from toolkit.errors import ConfigError
-    from toolkit.report import judge_settings
+    from toolkit.report.judge import judge_settings
 
     with pytest.raises(ConfigError, match="--judge-model"):
         judge_settings("anthropic", "")

@@ -10,7 +10,7 @@ from helpers import copy_env
 from search_helpers import toy_search_responder
 from toolkit.config import SearchConfig, SearchRunConfig, from_dict
 from toolkit.evolve import open_search, run_search
-from toolkit.policy import epoch_calls, split
+from toolkit.search.policy import epoch_calls, split
 from toolkit.state import load_state
 from toolkit.testing.fake_llm import FakeLLMServer
 
@@ -163,7 +163,7 @@ def test_near_duplicate_ideas_are_skipped_and_linked(tmp_path: Path) -> None:
     assert len(same_words) == len(distinct)
     ran = [v for v in state.candidates.values() if not v.duplicate_of]   # skipped ideas are not failures
     assert state.execution_rate() == sum(v.status == "ok" for v in ran) / len(ran)
-    from toolkit.report import build_report
+    from toolkit.report.page import build_report
     import pandas as pd
     summary = pd.read_csv(build_report(tmp_path / "run").html.parent / "certification_summary.csv").iloc[0]
     assert summary["duplicates_skipped"] == len(dups)
@@ -177,7 +177,7 @@ def test_without_a_terminal_progress_comes_as_log_lines(tmp_path: Path, caplog) 
 
     from toolkit.cli import main
 
-    caplog.set_level(logging.INFO, logger="toolkit.progress")
+    caplog.set_level(logging.INFO, logger="toolkit.report.progress")
     with FakeLLMServer(toy_search_responder()) as server:
         cfg = search_config(tmp_path, server.base_url, cluster="debug", epochs=1)
         path = tmp_path / "search.yaml"

@@ -91,8 +91,8 @@ def test_a_batch_over_max_array_size_goes_out_as_several_arrays(tmp_path: Path) 
     name, every task runs once, and a restart finds all seven by that name."""
     from toolkit.config import ClusterConfig
     from toolkit.envs import load_env
-    from toolkit.scheduler import SlurmCluster, max_array_size
-    from toolkit.worker import WorkerTask
+    from toolkit.cluster.scheduler import SlurmCluster, max_array_size
+    from toolkit.cluster.worker import WorkerTask
 
     assert max_array_size() >= 1
     env = load_env(str(copy_env(tmp_path / "env")))

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import TOY_ENV, copy_env
 from toolkit.layout import CandidatePaths
-from toolkit.worker import WorkerTask, parse_metrics, run_task
+from toolkit.cluster.worker import WorkerTask, parse_metrics, run_task
 
 
 def make_candidate(tmp_path: Path, edit=None) -> tuple[WorkerTask, CandidatePaths]:
@@ -107,7 +107,7 @@ def test_wait_exit_blocks_until_exit_or_timeout() -> None:
     import subprocess
     import time
 
-    from toolkit.worker import wait_exit
+    from toolkit.cluster.worker import wait_exit
     proc = subprocess.Popen(["sleep", "0.5"])
     cpu0, t0 = resource.getrusage(resource.RUSAGE_THREAD), time.monotonic()   # this thread: others may run
     wait_exit(proc, 10.0)

@@ -11,11 +11,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from toolkit import confine, dashboard
+from toolkit.cluster import confine
+
+from toolkit.report import dashboard
 from toolkit.config import CLUSTERS, ClusterConfig, SearchRunConfig, ServeConfig
-from toolkit.report import add_report_parser
+from toolkit.report.page import add_report_parser
 from toolkit.rl.cli import add_rl_parser
-from toolkit.serve import KEY_ENV, start_server, stop_server, wait_for_endpoint
+from toolkit.cluster.serve import KEY_ENV, start_server, stop_server, wait_for_endpoint
 from toolkit.evolve import run_dir_for, run_search
 from toolkit.errors import ConfigError, ToolkitError
 from toolkit.layout import RunLayout

@@ -11,10 +11,25 @@ from toolkit.errors import ConfigError
 from toolkit.jobenv import secret_like
 from toolkit.llm.base import LLMSettings
 from toolkit.schema import from_dict, load_yaml, override, to_dict  # noqa: F401 (the config API)
-from toolkit.wandb_log import WandbSettings
 
 CLUSTERS = ("slurm", "local", "debug")
 SANDBOXES = ("auto", "landlock", "bwrap", "apptainer", "none")
+
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass(frozen=True)
+class WandbSettings:
+    enabled: bool = False              # off by default
+    project: str = "toolkit"
+    entity: str = ""                   # "" = the account's default entity
+    mode: str = "offline"              # offline (no network; `wandb sync` later) | online | disabled
+    dir: str = ""                      # W&B writes under <dir>/wandb; "" = the run directory
+
+    def __post_init__(self) -> None:
+        if self.mode not in WANDB_MODES:
+            raise ConfigError(f"wandb.mode={self.mode!r} is not one of {', '.join(WANDB_MODES)}")
 
 
 @dataclass(frozen=True)

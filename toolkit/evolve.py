@@ -9,14 +9,16 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from toolkit import dashboard, fsio
+from toolkit import fsio
+
+from toolkit.report import dashboard
 from toolkit.config import SearchRunConfig
-from toolkit.ideator import Ideator
-from toolkit.progress import PlainProgress
+from toolkit.search.ideator import Ideator
+from toolkit.report.progress import PlainProgress
 from toolkit.layout import RunLayout
 from toolkit.runs import make_llm, open_run, save_config
-from toolkit.search import SearchDaemon
-from toolkit.serve import start_server, stop_server, use_endpoint, wait_for_endpoint
+from toolkit.search.evolution import SearchDaemon
+from toolkit.cluster.serve import start_server, stop_server, use_endpoint, wait_for_endpoint
 from toolkit.state import RunState
 
 

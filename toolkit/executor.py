@@ -10,11 +10,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 
-from toolkit import dashboard, fsio
+from toolkit import fsio
+
+from toolkit.report import dashboard
 from toolkit.config import RunConfig
-from toolkit.daemon import Daemon
+from toolkit.execute.pipeline import Daemon
 from toolkit.records import Idea
-from toolkit.progress import PlainProgress
+from toolkit.report.progress import PlainProgress
 from toolkit.runs import open_run
 from toolkit.state import RunState
 

@@ -10,15 +10,17 @@ from typing import Any, Callable
 
 import yaml
 
-from toolkit import confine, fsio, jobenv, pins
+from toolkit import fsio, jobenv, pins
+
+from toolkit.cluster import confine
 from toolkit.config import RunConfig, from_dict, load_yaml, to_dict
-from toolkit.daemon import Parts
+from toolkit.execute.pipeline import Parts
 from toolkit.envs import EnvSpec, data_dirs, load_env, tree_sha256
 from toolkit.errors import ConfigError, EnvError
-from toolkit.implementer import Implementer, Site, preflight
+from toolkit.execute.implementer import Implementer, Site, preflight
 from toolkit.layout import RunLayout
 from toolkit.llm.base import ChatRequest, LLMClient, LLMReply, LLMSettings, SpendMeter, make_client
-from toolkit.scheduler import check_request, make_cluster
+from toolkit.cluster.scheduler import check_request, make_cluster
 from toolkit.state import load_state
 
 

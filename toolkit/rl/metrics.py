@@ -65,9 +65,9 @@ def diversity(ideas: Sequence[str], threshold: float) -> Diversity:
 
 
 def near_duplicate_share(ideas: Sequence[str]) -> float | None:
-    """Share of a step's ideas that the search's own duplicate check (toolkit.dedup, text method) would skip:
+    """Share of a step's ideas that the search's own duplicate check (toolkit.search.dedup, text method) would skip:
     a near-duplicate of an idea sampled before it in the same step. The same yardstick in search and RL."""
-    from toolkit.dedup import DuplicateFinder
+    from toolkit.search.dedup import DuplicateFinder
 
     if not ideas:
         return None

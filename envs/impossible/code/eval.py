@@ -2,7 +2,7 @@
 LOCKED and HIDDEN evaluation of the impossible environment: the loss on fresh random tokens.
 
 The trusted scorer: run from the run's snapshot, it never imports candidate code. The model runs in a confined
-child (toolkit.scoring.ModelChild); this process draws the validation tokens from the OS's random source at
+child (toolkit.cluster.scoring.ModelChild); this process draws the validation tokens from the OS's random source at
 scoring time (nothing the candidate could have read), computes the cross-entropy itself, and audits
 causality with twins (each window kept up to a random cut, then continued with other fresh tokens; originals
 and twins dealt between two fresh children run one after the other; logits up to the cut must agree).
@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional as F
 
 import data
-from toolkit.scoring import ChildError, ModelChild
+from toolkit.cluster.scoring import ChildError, ModelChild
 
 N_WINDOWS = 256
 BATCH = 32

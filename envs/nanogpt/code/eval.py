@@ -7,7 +7,7 @@ candidate's directory, which it names in $TOOLKIT_CODE_DIR):
     TOOLKIT_SMOKE=1 python eval.py                       # smoke: CPU, fp32, far fewer tokens
 
 This process is the trusted scorer: it never imports candidate code. Each rank runs the candidate's model
-(`from train import GPT, GPTConfig` + ckpt.pt) in a confined child process (toolkit.scoring.ModelChild) that
+(`from train import GPT, GPTConfig` + ckpt.pt) in a confined child process (toolkit.cluster.scoring.ModelChild) that
 gets token ids and returns logits; this process reads the validation shard itself (from $TOOLKIT_HIDDEN_DIR,
 which training cannot read) and computes the cross-entropy itself, on the first 10,485,760 validation tokens
 cut into sequences of 1024 in file order, with frozen batch settings.
@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from toolkit.scoring import ChildError, ModelChild
+from toolkit.cluster.scoring import ChildError, ModelChild
 
 SMOKE = os.environ.get("TOOLKIT_SMOKE") == "1"
 DATA_DIR = os.environ.get("TOOLKIT_DATA_DIR", "data")

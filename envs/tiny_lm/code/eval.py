@@ -6,7 +6,7 @@ trusted scorer: the toolkit runs it from the run's pinned snapshot (never from
 the candidate's directory), with the candidate's directory in $TOOLKIT_CODE_DIR
 and the validation split in $TOOLKIT_HIDDEN_DIR. It never imports candidate
 code. The candidate's model runs in a confined child process
-(toolkit.scoring.ModelChild) built from `from train import GPT, GPTConfig` and
+(toolkit.cluster.scoring.ModelChild) built from `from train import GPT, GPTConfig` and
 ckpt.pt; the child gets token ids and returns logits, and this process computes
 the loss itself. The child cannot read the validation data, write anywhere
 that matters, or reach the network.
@@ -44,7 +44,7 @@ import torch
 from torch.nn import functional as F
 
 import data
-from toolkit.scoring import ChildError, ModelChild
+from toolkit.cluster.scoring import ChildError, ModelChild
 
 # -----------------------------------------------------------------------------
 # fixed evaluation settings

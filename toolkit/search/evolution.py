@@ -14,16 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from toolkit import fsio
-from toolkit.certify import Certifier
+from toolkit.search.certify import Certifier
 from toolkit.config import SearchRunConfig, to_dict
-from toolkit.daemon import Daemon, Parts
-from toolkit.dedup import DedupError, DuplicateFinder, Match, openai_embedder
+from toolkit.execute.pipeline import Daemon, Parts
+from toolkit.search.dedup import DedupError, DuplicateFinder, Match, openai_embedder
 from toolkit.errors import ConfigError
-from toolkit.ideator import Ideator, Proposal
-from toolkit.policy import BASELINE_ID, Call, baseline_reward, epoch_calls, exemplars, explore_sample, remaining_calls
+from toolkit.search.ideator import Ideator, Proposal
+from toolkit.search.policy import BASELINE_ID, Call, baseline_reward, epoch_calls, exemplars, explore_sample, remaining_calls
 from toolkit.records import Idea, ImplementOutcome, to_json
 from toolkit.state import CandidateView
-from toolkit.wandb_log import make_logger
+from toolkit.report.wandb_log import make_logger
 
 
 @dataclass(frozen=True)

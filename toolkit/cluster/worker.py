@@ -1,10 +1,10 @@
 """What each array task runs: the candidate's `run`, then the locked `eval`, then `result.json`.
 
-The worker is trusted; the candidate's code is not. The `run` executes confined (toolkit.confine): it may
+The worker is trusted; the candidate's code is not. The `run` executes confined (toolkit.cluster.confine): it may
 write only its code dir and scratch, read only the public data, the interpreter and the system, and every
 process it leaves behind is found by ancestry and killed. The `eval` executes from the run's pinned
 snapshot, never from the candidate's directory, with the hidden data it alone is given; where it needs the
-candidate's model it runs it in a confined child (toolkit.scoring). The snapshot and the data are checked
+candidate's model it runs it in a confined child (toolkit.cluster.scoring). The snapshot and the data are checked
 against the run's pins before each step. The result file lives where no candidate process can write.
 
 The worker always writes a result, whatever happens below it: errors at this boundary become data.
@@ -27,7 +27,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from toolkit import confine, fsio, jobenv, pins
+from toolkit import fsio, jobenv, pins
+
+from toolkit.cluster import confine
 from toolkit.envs import (EnvSpec, compute_reward, data_dirs, hash_files, is_locked, load_env, locked_files,
                           strip_hidden, tree_sha256)
 from toolkit.layout import CandidatePaths
@@ -413,7 +415,7 @@ def _versions() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m toolkit.worker TASK.json`: run one task by hand (debugging a candidate)."""
+    """`python -m toolkit.cluster.worker TASK.json`: run one task by hand (debugging a candidate)."""
     args = argv if argv is not None else sys.argv[1:]
     task = WorkerTask(**json.loads(Path(args[0]).read_text()))
     print(json.dumps(run_task(task), indent=2))

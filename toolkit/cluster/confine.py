@@ -1,7 +1,7 @@
 """Confinement of candidate code, enforced by the OS, and leftovers found by ancestry.
 
 Every process that runs candidate code (the run, the quick check, the eval's model child) is started by
-`python -m toolkit.confine POLICY.json -- ARGV...`, a small trusted launcher that:
+`python -m toolkit.cluster.confine POLICY.json -- ARGV...`, a small trusted launcher that:
 1. becomes a child subreaper, so every process the candidate forks, daemonised or not, stays its descendant;
 2. starts ARGV confined by the policy's mechanism (Landlock by default: unprivileged, no namespaces, works
    inside SLURM jobs and holds for root too; bubblewrap or Apptainer where a site prefers them);
@@ -363,7 +363,7 @@ def launch_argv(policy: Policy, argv: list[str], control_dir: Path) -> Launch:
     policy_file, report = control_dir / "policy.json", control_dir / REPORT_NAME
     report.unlink(missing_ok=True)
     policy_file.write_text(json.dumps(asdict(policy)))
-    cmd = [sys.executable, "-I", "-m", "toolkit.confine", str(policy_file), str(report), "--", *argv]
+    cmd = [sys.executable, "-I", "-m", "toolkit.cluster.confine", str(policy_file), str(report), "--", *argv]
     return Launch(argv=cmd, report=report, policy_file=policy_file)
 
 
@@ -547,7 +547,7 @@ def become_subreaper() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -I -m toolkit.confine POLICY.json REPORT.json -- COMMAND...`"""
+    """`python -I -m toolkit.cluster.confine POLICY.json REPORT.json -- COMMAND...`"""
     args = list(sys.argv[1:] if argv is None else argv)
     policy_file, report_file, command = args[0], args[1], args[3:]
     policy = Policy(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(Path(policy_file).read_text()).items()})

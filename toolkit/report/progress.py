@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from toolkit.state import RunState
 
-log = logging.getLogger("toolkit.progress")
+log = logging.getLogger("toolkit.report.progress")
 PROGRESS_EVERY_S = 60.0
 
 

@@ -18,13 +18,13 @@ from typing import Any
 from toolkit import fsio, pins
 from toolkit.config import RunConfig
 from toolkit.envs import EnvSpec, data_dirs
-from toolkit.implementer import Implementer
+from toolkit.execute.implementer import Implementer
 from toolkit.layout import RunLayout, is_replica
 from toolkit.llm.base import SpendMeter
 from toolkit.records import Idea, from_json, result_event, to_json
-from toolkit.scheduler import Cluster
+from toolkit.cluster.scheduler import Cluster
 from toolkit.state import CandidateView, EventLog
-from toolkit.worker import WorkerTask
+from toolkit.cluster.worker import WorkerTask
 
 FAST_TICK_S = 1.0
 SUBMIT_BACKOFF_MAX_S = 600.0       # a failing sbatch (a bad partition, a full queue) is retried at most this rarely

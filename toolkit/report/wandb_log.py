@@ -2,8 +2,7 @@
 
 Off by default. `mode: offline` needs no network or account (sync later with `wandb sync DIR`). `wandb` is an
 optional dependency (`pip install 'toolkit[wandb]'`), imported only when logging is enabled. The numbers are
-the report's own (`toolkit.report.epoch_table` on the event-log view), so W&B and `toolkit report` agree.
-This module imports nothing from toolkit.config at import time, so the config may hold a `WandbSettings`.
+the report's own (`toolkit.report.tables.epoch_table` on the event-log view), so W&B and `toolkit report` agree.
 
     logger = make_logger(settings, run_dir, config)      # None when disabled
     ... in the daemon's tick:  logger.update(state)       # logs each new result and each newly ended epoch once
@@ -13,28 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from toolkit.config import WandbSettings
 from toolkit.errors import ConfigError
+from toolkit.report.runs import baseline_reward, ideas_only, state_frame
+from toolkit.report.tables import epoch_table
 from toolkit.state import CandidateView, RunState
-
-MODES = ("offline", "online", "disabled")
-
-
-@dataclass(frozen=True)
-class WandbSettings:
-    enabled: bool = False              # off by default
-    project: str = "toolkit"
-    entity: str = ""                   # "" = the account's default entity
-    mode: str = "offline"              # offline (no network; `wandb sync` later) | online | disabled
-    dir: str = ""                      # W&B writes under <dir>/wandb; "" = the run directory
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"wandb.mode={self.mode!r} is not one of {', '.join(MODES)}")
-
 
 def import_wandb() -> Any:
     try:
@@ -77,7 +62,6 @@ class WandbLogger:
 
     def log_epoch(self, state: RunState) -> None:
         """One row per ended epoch, logged once, with the run's spend so far."""
-        from toolkit.report import epoch_table, state_frame  # report -> config -> (maybe) this module
 
         ended = [e for e in state.meta.get("epochs_ended", []) if e not in self.epochs]
         if not ended:
@@ -92,7 +76,6 @@ class WandbLogger:
         self.run.summary.update(_known(self._summary(state)))
 
     def _summary(self, state: RunState) -> dict[str, Any]:
-        from toolkit.report import baseline_reward, ideas_only, state_frame
 
         frame = state_frame(state)
         valid = ideas_only(frame)[lambda f: f["valid"]]

@@ -22,7 +22,7 @@ import submitit
 from toolkit import jobenv
 from toolkit.config import ClusterConfig
 from toolkit.envs import Resources
-from toolkit.worker import WorkerTask, run_task
+from toolkit.cluster.worker import WorkerTask, run_task
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
             "DEADLINE", "PREEMPTED", "FINISHED", "INTERRUPTED")

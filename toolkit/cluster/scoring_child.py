@@ -1,4 +1,4 @@
-# The model child of toolkit.scoring: run as `python -I -c <this source>` inside the confinement launcher,
+# The model child of toolkit.cluster.scoring: run as `python -I -c <this source>` inside the confinement launcher,
 # so it imports nothing from the toolkit (the toolkit's files are out of its reach). It is untrusted the
 # moment it imports candidate code; the trusted scorer checks everything it sends back.
 import json

@@ -400,7 +400,7 @@ class DuplicateFinder:
         if method not in THRESHOLDS:
             raise ConfigError(f"dedup method {method!r} is unknown: use one of {sorted(THRESHOLDS)}")
         if method == "embedding" and embed is None:
-            raise ConfigError("dedup method 'embedding' needs an embedder (toolkit.dedup.openai_embedder)")
+            raise ConfigError("dedup method 'embedding' needs an embedder (toolkit.search.dedup.openai_embedder)")
         self.method = method
         self.threshold = THRESHOLDS[method] if threshold is None else threshold
         self._embed = embed

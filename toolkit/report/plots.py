@@ -10,10 +10,11 @@ matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402  (the backend is chosen before any figure exists)
 
+from toolkit.report.runs import RunData, baseline_reward, baseline_spread  # noqa: E402
+from toolkit.report.tables import FUNNEL, epoch_table  # noqa: E402
+
 if TYPE_CHECKING:
     import pandas as pd
-
-    from toolkit.report import RunData
 
 DPI = 110
 SIZE_IN = (7.0, 3.6)
@@ -65,7 +66,6 @@ def reward_plot(epochs: pd.DataFrame, base: float | None, band: tuple[float, flo
 
 
 def comparison_plot(runs: list[RunData], frames: list[pd.DataFrame]) -> bytes:
-    from toolkit.report import baseline_reward, epoch_table
 
     fig, ax = _axes("Best reward so far: " + " vs ".join(r.strategy for r in runs), "epoch", "best reward so far")
     for run, frame in zip(runs, frames):
@@ -79,7 +79,6 @@ def comparison_plot(runs: list[RunData], frames: list[pd.DataFrame]) -> bytes:
 
 
 def funnel_plot(funnel: pd.DataFrame) -> bytes:
-    from toolkit.report import FUNNEL
 
     fig, ax = _axes("Execution funnel", "", "ideas")
     width = 0.8 / max(len(funnel), 1)
@@ -129,7 +128,6 @@ def category_plot(categories: pd.DataFrame) -> bytes:
 
 
 def all_plots(runs: list[RunData], frames: list[pd.DataFrame], tables: dict[str, pd.DataFrame]) -> dict[str, bytes]:
-    from toolkit.report import baseline_reward, baseline_spread
 
     certified = tables["certification"]
     best = certified[certified["verdict"] == "certified"]

@@ -15,12 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from toolkit import confine, fsio, jobenv
+from toolkit import fsio, jobenv
+
+from toolkit.cluster import confine
 from toolkit.config import ImplementConfig
 from toolkit.envs import EnvSpec, is_locked, list_files, strip_hidden
 from toolkit.layout import CandidatePaths
 from toolkit.llm.base import ChatRequest, LLMClient, LLMReply
-from toolkit.patching import PatchOutcome, apply_patch
+from toolkit.execute.patching import PatchOutcome, apply_patch
 from toolkit.prompts import number_lines, render
 from toolkit.records import Idea, ImplementOutcome, to_json
 
@@ -181,7 +183,7 @@ class Implementer:
 
 
 def _diff_files(diff: str) -> tuple[str, ...]:
-    from toolkit.patching import touched_paths
+    from toolkit.execute.patching import touched_paths
 
     return touched_paths(diff)
 

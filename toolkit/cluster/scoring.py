@@ -7,7 +7,7 @@ uses it like this:
     with ModelChild(LOADER) as model:          # LOADER: source text that defines forward(x) -> logits
         logits = model(x)                      # a float tensor, checked for shape and dtype
 
-The child is started through `toolkit.confine` with a policy that lets it read the candidate's code dir and
+The child is started through `toolkit.cluster.confine` with a policy that lets it read the candidate's code dir and
 the interpreter, write only a private scratch dir, and nothing else (no data, no network, no other
 process). It receives the loader's source over a pipe, runs it with the code dir first on sys.path (so
 `from train import GPT` is the candidate's class), then answers `forward` requests. Nothing the child sends
@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from toolkit import confine
+from toolkit.cluster import confine
 
 CHILD_PROGRAM = Path(__file__).with_name("scoring_child.py")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
@@ -49,7 +49,7 @@ class ChildError(RuntimeError):
 
 
 def scorer_context() -> dict[str, str]:
-    """What the worker tells a scorer (environment variables; set by `toolkit.worker` for the eval step)."""
+    """What the worker tells a scorer (environment variables; set by `toolkit.cluster.worker` for the eval step)."""
     keys = ("TOOLKIT_CODE_DIR", "TOOLKIT_SCRATCH", "TOOLKIT_SANDBOX")
     return {k: os.environ.get(k, "") for k in keys}
 

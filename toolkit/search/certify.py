@@ -23,8 +23,8 @@ from toolkit import fsio
 from toolkit.config import SearchRunConfig
 from toolkit.envs import EnvSpec
 from toolkit.layout import REPLICA_MARK, RunLayout
-from toolkit.patching import apply_patch
-from toolkit.policy import BASELINE_ID
+from toolkit.execute.patching import apply_patch
+from toolkit.search.policy import BASELINE_ID
 from toolkit.state import CandidateView, EventLog, RunState
 
 CI_LEVEL = 0.95

@@ -6,10 +6,10 @@ import re
 from dataclasses import dataclass
 
 from toolkit.envs import EnvSpec
-from toolkit.implementer import codebase_listing
+from toolkit.execute.implementer import codebase_listing
 from toolkit.llm.base import ChatRequest, LLMClient
 from toolkit.llm.replay import rough_tokens
-from toolkit.policy import Call, outcome_line
+from toolkit.search.policy import Call, outcome_line
 from toolkit.prompts import render
 from toolkit.state import CandidateView
 
