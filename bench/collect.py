@@ -2,8 +2,8 @@
 
 A run directory is synthesised with 10,000 submitted candidates (the real event and record formats), each
 with a result.json as the worker writes it, and 50 more implemented ones. Then:
-  full fold:        the first `Daemon.collect()` reads the 10,000 result files and records them;
-  incremental tick: 10 more result files appear; one whole `Daemon.tick()` must read only those
+  full fold:        the first `Pipeline.collect()` reads the 10,000 result files and records them;
+  incremental tick: 10 more result files appear; one whole `Pipeline.tick()` must read only those
                     (5 rounds; the median counts).
 Alternative for the incremental tick: re-reading every result file each tick (what a collector without
 state does). Also measured: rebuilding the state from the event log (`load_state`, the cost of a restart).
@@ -19,14 +19,14 @@ from pathlib import Path
 from benchlib import (Report, SlurmCalls, bench_config, cids, fsync_ms, ms, open_bench_run, ready_events, run_bench,
                       secs, sleep_env, submitted_event, write_events, write_result)
 from toolkit.config import ClusterConfig
-from toolkit.execute.pipeline import Daemon
+from toolkit.execute.pipeline import Pipeline
 from toolkit.state import EventLog, load_state
 
 DONE, NEW, ROUNDS = 10_000, 10, 5
 CLUSTER = ClusterConfig(cluster="slurm", partition="debug")
 
 
-def synthesise(work: Path) -> tuple[Daemon, list[str], dict[str, str]]:
+def synthesise(work: Path) -> tuple[Pipeline, list[str], dict[str, str]]:
     """DONE candidates submitted with a result file; NEW * ROUNDS implemented but not yet submitted."""
     parts = open_bench_run(work / "run", bench_config(sleep_env(work / "env"), CLUSTER))
     names = cids(DONE + NEW * ROUNDS)
@@ -38,10 +38,10 @@ def synthesise(work: Path) -> tuple[Daemon, list[str], dict[str, str]]:
         write_result(parts.layout, cid, jobs[cid])
     events = [e for cid in names for e in ready_events(cid, now)]
     write_events(parts.layout, events + [submitted_event(cid, jobs[cid], now) for cid in names[:DONE]])
-    return Daemon(parts), names, jobs
+    return Pipeline(parts), names, jobs
 
 
-def reread_all_s(daemon: Daemon, names: list[str]) -> float:
+def reread_all_s(daemon: Pipeline, names: list[str]) -> float:
     """The alternative: parse every result file again, as a stateless collector would each tick."""
     start = time.perf_counter()
     for cid in names:
@@ -51,7 +51,7 @@ def reread_all_s(daemon: Daemon, names: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def incremental_ticks(daemon: Daemon, names: list[str], jobs: dict[str, str],
+def incremental_ticks(daemon: Pipeline, names: list[str], jobs: dict[str, str],
                       calls: SlurmCalls) -> tuple[list[float], list[str], int]:
     """ROUNDS times: NEW jobs are submitted (recorded as a tick would) and their result files appear; the
     next whole tick is timed."""
@@ -92,9 +92,9 @@ def body(work: Path, report: Report) -> None:
                           collected=collected, incremental_tick_s=durations, idle_tick_s=idle_tick_s,
                           new_collected=new_collected, tick_commands=tick_commands, rebuild_s=rebuild_s,
                           events=rebuilt.events, reread_all_s=again_s)
-    report.add(f"full fold of {DONE:,} result files (Daemon.collect)", f"{secs(fold_s)} ({fold_cpu_s:.2f} CPU-s)",
+    report.add(f"full fold of {DONE:,} result files (Pipeline.collect)", f"{secs(fold_s)} ({fold_cpu_s:.2f} CPU-s)",
                f"{ms(again_s)} (only parsing the files)", "< 2 s", fold_s < 2.0)
-    report.add(f"incremental tick with {NEW} new files (Daemon.tick, median of {ROUNDS})", ms(tick_s),
+    report.add(f"incremental tick with {NEW} new files (Pipeline.tick, median of {ROUNDS})", ms(tick_s),
                f"{ms(again_s)} (re-read every file)", "< 50 ms", tick_s < 0.05)
     report.add("  slowest of those ticks", ms(max(durations)), "", "", None)
     report.add("tick with nothing new", ms(idle_tick_s), "", "", None)

@@ -1,6 +1,6 @@
 """Benchmark 6: implementer throughput against the loopback fake LLM server (1 s per call).
 
-50 ideas x 10 parallel samples through the daemon's implement stage (`Daemon.tick` harvests and starts
+50 ideas x 10 parallel samples through the daemon's implement stage (`Pipeline.tick` harvests and starts
 implementations in its pool; `Implementer.implement` samples, patches and preflights), with the real
 openai SDK (`make_client`, concurrency 32) talking to `FakeLLMServer` over loopback; every reply is a diff
 that applies. Ideal: the calls the implementer made, 32 at a time, 1 s each: ceil(calls / 32) s.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchlib import (Report, bench_config, cids, make_diff, open_bench_run, run_bench, secs, sleep_env)
 from toolkit.config import ClusterConfig, ImplementConfig
-from toolkit.execute.pipeline import Daemon
+from toolkit.execute.pipeline import Pipeline
 from toolkit.records import Idea
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 
@@ -34,7 +34,7 @@ def responder(code: Path):
     return lambda request: FakeReply(text=diff, delay_s=DELAY_S)
 
 
-def implement_all(daemon: Daemon, timeout_s: float = 600.0) -> float:
+def implement_all(daemon: Pipeline, timeout_s: float = 600.0) -> float:
     """Tick the implement stage (harvest + start) until every idea has an outcome; no job is submitted."""
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
@@ -52,7 +52,7 @@ def run_once(work: Path, quick_check: str) -> dict:
         cfg = bench_config(env, CLUSTER, base_url=server.openai_base_url, implement=IMPLEMENT)
         parts = open_bench_run(work / "run", cfg)
         assert parts.implementer.llm.settings.concurrency == CONCURRENCY
-        daemon = Daemon(parts)
+        daemon = Pipeline(parts)
         daemon.add_ideas([Idea(idea_id=cid, text=f"idea {cid}: train for more steps") for cid in cids(IDEAS)])
         elapsed_s = implement_all(daemon)
         daemon.close()

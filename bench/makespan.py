@@ -1,6 +1,6 @@
 """Benchmark 2: makespan of 64 candidates whose run is `sleep 5`, 8 at a time, through the whole toolkit path.
 
-Ours: 64 ready codebases dropped into a run directory; the daemon loop (`executor.run_until_done`) adopts them,
+Ours: 64 ready codebases dropped into a run directory; the daemon loop (`toolkit.loop.run`) adopts them,
 submits one array (%8), and each task runs the real worker (locked-file hashes, `sleep 5`, the locked eval,
 result.json with provenance) under submitit. Alternative, in the same run and on the same partition:
 `sbatch --array=0-63%8 --wrap 'sleep 5'`; and the floor of any submitit-based tool: submitit's own array of
@@ -31,8 +31,8 @@ from rich.console import Console
 from benchlib import (Report, bench_config, epoch_s, open_bench_run, real_slurm, run_bench, sacct_rows, secs,
                       sleep_env, wait_for_idle_cluster, write_ready_candidate)
 from toolkit.config import ClusterConfig
-from toolkit.execute.pipeline import Daemon
-from toolkit.executor import run_until_done
+from toolkit.execute.pipeline import Pipeline
+from toolkit.loop import Loop, run
 
 SLEEP_S, WAVES = 5, 8
 PLAIN_NAME = "bench-plain"
@@ -167,10 +167,10 @@ def ours(work: Path, shape: Shape) -> dict:
     parts = open_bench_run(work / RUN_NAME, bench_config(env, cluster))
     for i in range(shape.tasks):
         write_ready_candidate(parts.layout, f"c{i:03d}", code_from=parts.spec.code_dir)
-    daemon = Daemon(parts)
+    daemon = Pipeline(parts)
     start = time.time()
     with Neighbours() as neighbours:
-        run_until_done(daemon, Console(file=io.StringIO()), live=False)
+        run(Loop(daemon, [], daemon.done, lambda: ""), Console(file=io.StringIO()), live=False)
     collected_s = time.time() - start
     daemon.close()
     views = list(daemon.state.candidates.values())

@@ -2,7 +2,7 @@
 
 Real jobs to poll: 10 held arrays of 200 tasks (`sbatch --hold`, cancelled at the end; nothing runs). A run
 directory is synthesised with 200, 1,000 and 2,000 submitted candidates pointing at those tasks (the real
-event and record formats), and the real daemon ticks over it (`Daemon.tick`: harvest, schedule, collect with
+event and record formats), and the real daemon ticks over it (`Pipeline.tick`: harvest, schedule, collect with
 one state query for all jobs). Alternative: one state query per job, as tools that poll job by job do (timed
 on 20 jobs, scaled to the count). Targets: SLURM commands per tick constant in the number of jobs; ms per tick.
 """
@@ -17,7 +17,7 @@ from benchlib import (Report, SlurmCalls, bench_config, cancel, cancel_named, ci
                       real_slurm, run_bench, sleep_env, submitted_event, timed_cluster, write_events,
                       write_ready_candidate)
 from toolkit.config import ClusterConfig
-from toolkit.execute.pipeline import Daemon
+from toolkit.execute.pipeline import Pipeline
 
 ARRAYS, TASKS_PER_ARRAY = 10, 200
 COUNTS = (200, 1000, 2000)
@@ -51,7 +51,7 @@ def wait_for_accounting(masters: list[str], timeout_s: float = 60.0) -> None:
         time.sleep(1.0)
 
 
-def tracked_run(work: Path, job_ids: list[str]) -> Daemon:
+def tracked_run(work: Path, job_ids: list[str]) -> Pipeline:
     parts = open_bench_run(work / f"run-{len(job_ids)}", bench_config(sleep_env(work / f"env-{len(job_ids)}"),
                                                                      CLUSTER))
     names = cids(len(job_ids))
@@ -61,10 +61,10 @@ def tracked_run(work: Path, job_ids: list[str]) -> Daemon:
     write_events(parts.layout, [e for cid, job in zip(names, job_ids)
                                 for e in [*ready_events(cid, now), submitted_event(cid, job, now)]])
     timed_cluster(parts)
-    return Daemon(parts)
+    return Pipeline(parts)
 
 
-def measure_ticks(daemon: Daemon, calls: SlurmCalls) -> dict:
+def measure_ticks(daemon: Pipeline, calls: SlurmCalls) -> dict:
     durations, commands, cluster = [], [], daemon.p.cluster
     for _ in range(TICKS):
         mark = calls.mark()

@@ -1,6 +1,6 @@
 """Benchmark 1: submitting 200 ready candidates, toolkit bookkeeping included.
 
-Ours: one daemon tick (`Daemon.tick`) that finds 200 ready candidates, submits them as ONE submitit array
+Ours: one daemon tick (`Pipeline.tick`) that finds 200 ready candidates, submits them as ONE submitit array
 (SlurmCluster.submit -> map_array -> one sbatch), records 200 `submitted` events and polls their states.
 Alternative: what other tools do, one sbatch per candidate (submitit `executor.submit` in a loop, the same
 sbatch parameters). Jobs are submitted held (--hold) and cancelled at once: nothing runs.
@@ -17,7 +17,7 @@ import submitit
 from benchlib import (Report, SlurmCalls, bench_config, cancel, cids, fsync_ms, open_bench_run, ready_events,
                       run_bench, secs, sleep_env, timed_cluster, write_events, write_ready_candidate)
 from toolkit.config import ClusterConfig
-from toolkit.execute.pipeline import Daemon
+from toolkit.execute.pipeline import Pipeline
 from toolkit.cluster.scheduler import SlurmCluster
 from toolkit.cluster.worker import WorkerTask, run_task
 
@@ -32,7 +32,7 @@ def ours(work: Path, calls: SlurmCalls) -> dict:
     for cid in names:
         write_ready_candidate(parts.layout, cid)
     write_events(parts.layout, [e for cid in names for e in ready_events(cid, time.time())])
-    daemon = Daemon(parts)
+    daemon = Pipeline(parts)
     mark = calls.mark()
     start = time.perf_counter()
     daemon.tick()

@@ -13,7 +13,7 @@ from rich.console import Console
 from helpers import FIXTURES, copy_env, make_diff
 from toolkit.search.certify import interleave, judge, nominees, noise_floor, one_sided_p
 from toolkit.config import SearchRunConfig, from_dict
-from toolkit.evolve import run_search
+from toolkit.loop import run_search
 from toolkit.state import CandidateView
 from toolkit.layout import RunLayout
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply

@@ -11,7 +11,7 @@ from rich.console import Console
 from helpers import copy_env
 from search_helpers import toy_search_responder
 from toolkit.config import SearchRunConfig, from_dict
-from toolkit.evolve import run_search
+from toolkit.loop import run_search
 from toolkit.state import EventLog
 from toolkit.testing.fake_llm import FakeLLMServer
 

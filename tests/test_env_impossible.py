@@ -17,7 +17,7 @@ import pytest
 from helpers import make_diff, scripted
 from toolkit.config import ClusterConfig, ImplementConfig, LLMConfig, RunConfig
 from toolkit.envs import load_env
-from toolkit.executor import execute_ideas
+from toolkit.loop import execute_ideas
 from toolkit.llm.base import LLMSettings
 from toolkit.records import Idea
 from toolkit.testing.fake_llm import FakeLLMServer

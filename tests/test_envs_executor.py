@@ -26,7 +26,7 @@ from helpers import make_diff, scripted
 from toolkit import fsio
 from toolkit.config import ClusterConfig, ImplementConfig, LLMConfig, RunConfig
 from toolkit.envs import compute_reward, load_env
-from toolkit.executor import execute_ideas
+from toolkit.loop import execute_ideas
 from toolkit.layout import RunLayout
 from toolkit.llm.base import LLMSettings
 from toolkit.search.policy import BASELINE_ID
@@ -50,7 +50,7 @@ def smoke_config(env: str, base_url: str, data_dir: Path) -> RunConfig:
 
 
 def drop_baseline(layout: RunLayout, code: Path) -> None:
-    """The unchanged codebase as a ready candidate, laid out as SearchDaemon.drop_baseline leaves it."""
+    """The unchanged codebase as a ready candidate, laid out as Search.drop_baseline leaves it."""
     paths = layout.candidate(BASELINE_ID)
     shutil.copytree(code, paths.code, ignore=NOT_CODE)
     idea = Idea(idea_id=BASELINE_ID, text="Baseline: the unchanged codebase.", origin="baseline")

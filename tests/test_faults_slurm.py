@@ -15,7 +15,7 @@ import yaml
 
 from helpers import copy_env, make_diff, scripted
 from toolkit.config import ClusterConfig, ImplementConfig, LLMConfig, RunConfig
-from toolkit.executor import execute_ideas
+from toolkit.loop import execute_ideas
 from toolkit.layout import RunLayout
 from toolkit.llm.base import LLMSettings
 from toolkit.records import Idea

@@ -12,7 +12,7 @@ from helpers import copy_env
 from toolkit import fsio
 from toolkit.config import ClusterConfig, LLMConfig, RunConfig
 from toolkit.llm.base import LLMSettings
-from toolkit.execute.pipeline import Daemon
+from toolkit.execute.pipeline import Pipeline
 from toolkit.records import Idea, ImplementOutcome, to_json
 from toolkit.runs import open_run
 
@@ -38,18 +38,18 @@ def test_crash_after_sbatch_reattaches(tmp_path: Path, monkeypatch) -> None:
     parts = open_run(tmp_path / "run", cfg)
     for cid in ("a", "b"):
         drop_ready(parts, cid)
-    daemon = Daemon(parts)
+    daemon = Pipeline(parts)
 
     def crash(*args, **kwargs):
         raise Crash("killed right after sbatch")
 
-    monkeypatch.setattr(Daemon, "_record_submitted", crash)
+    monkeypatch.setattr(Pipeline, "_record_submitted", crash)
     with pytest.raises(Crash):
         daemon.tick()
     monkeypatch.undo()
     intent = [v.intent for v in daemon.state.candidates.values()]
     assert intent[0] and intent[0] == intent[1]
-    restarted = Daemon(open_run(tmp_path / "run", cfg))
+    restarted = Pipeline(open_run(tmp_path / "run", cfg))
     restarted.tick()
     views = restarted.state.candidates
     assert views["a"].job_id and views["b"].job_id

@@ -24,7 +24,7 @@ from rich.console import Console
 from helpers import copy_env, make_diff
 from search_helpers import _user_text
 from toolkit.config import SearchRunConfig, from_dict
-from toolkit.evolve import run_search
+from toolkit.loop import run_search
 from toolkit.layout import RunLayout
 from toolkit.report.judge import parse_verdict
 from toolkit.report.page import add_report_parser, build_report, fmt

@@ -9,7 +9,7 @@ from rich.console import Console
 from helpers import copy_env
 from search_helpers import toy_search_responder
 from toolkit.config import SearchConfig, SearchRunConfig, from_dict
-from toolkit.evolve import open_search, run_search
+from toolkit.loop import open_search, run_search
 from toolkit.search.policy import epoch_calls, split
 from toolkit.state import load_state
 from toolkit.testing.fake_llm import FakeLLMServer

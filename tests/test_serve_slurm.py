@@ -13,7 +13,7 @@ from rich.console import Console
 
 from helpers import TOY_ENV, copy_env, make_diff
 from toolkit.config import SearchRunConfig, from_dict
-from toolkit.evolve import run_search
+from toolkit.loop import run_search
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from helpers import copy_env, make_diff, scripted
 from toolkit import jobenv
 from toolkit.config import RunConfig, from_dict
 from toolkit.errors import ConfigError
-from toolkit.executor import execute_ideas
+from toolkit.loop import execute_ideas
 from toolkit.records import Idea
 from toolkit.testing.fake_llm import FakeLLMServer
 

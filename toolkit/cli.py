@@ -18,11 +18,11 @@ from toolkit.config import CLUSTERS, ClusterConfig, SearchRunConfig, ServeConfig
 from toolkit.report.page import add_report_parser
 from toolkit.rl.cli import add_rl_parser
 from toolkit.cluster.serve import KEY_ENV, start_server, stop_server, wait_for_endpoint
-from toolkit.evolve import run_dir_for, run_search
+from toolkit.loop import run_dir_for, run_search
 from toolkit.errors import ConfigError, ToolkitError
 from toolkit.layout import RunLayout
 from toolkit.records import Idea
-from toolkit.executor import execute_ideas
+from toolkit.loop import execute_ideas
 from toolkit.runs import check_inputs, load_run_config, prefer_real_llm, with_llm
 from toolkit.state import load_state
 from toolkit.shipped import config_path

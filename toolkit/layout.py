@@ -28,7 +28,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-REPLICA_MARK = "~"                     # replica run ids: <cid>~s<seed> (never a candidate id: see Daemon.add_ideas)
+REPLICA_MARK = "~"                     # replica run ids: <cid>~s<seed> (never a candidate id: see Pipeline.add_ideas)
 
 
 def is_replica(run_id: str) -> bool:

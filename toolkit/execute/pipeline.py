@@ -1,14 +1,17 @@
-"""The daemon: ideas -> implementer -> scheduler -> worker -> collector, as `tick() -> seconds to sleep`.
+"""The execute pipeline: ideas -> implementer -> scheduler -> worker -> collector, as `tick() -> seconds to sleep`.
 
-One process owns a run directory (daemon.lock) and is the single writer of its event log. A tick never
-blocks on the LLM or the cluster for long: implementations run in a thread pool, jobs run on the cluster,
-and each tick only harvests what finished, submits what is ready as one array, and collects results.
+A stage of the one daemon loop (`toolkit.loop`), which owns the run directory's lock; the pipeline is the
+single writer of its event log. A tick never blocks on the LLM or the cluster for long: implementations run
+in a thread pool (a finished one sets `wake`, so the loop need not poll for it), jobs run on the cluster, and
+each tick only harvests what finished, submits what is ready as one array, and collects results. SLURM is
+asked for job states at `poll_s` at most, and less often while nothing changes.
 """
 from __future__ import annotations
 
 import json
 import os
 import secrets
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,8 +29,8 @@ from toolkit.cluster.scheduler import Cluster
 from toolkit.state import CandidateView, EventLog
 from toolkit.cluster.worker import WorkerTask
 
-FAST_TICK_S = 1.0
 SUBMIT_BACKOFF_MAX_S = 600.0       # a failing sbatch (a bad partition, a full queue) is retried at most this rarely
+POLL_BACKOFF_MAX = 4               # job states unchanged: ask SLURM at poll_s, 2x, 4x poll_s, no less often
 FULL_LISTING_S = 60.0
 
 
@@ -41,7 +44,7 @@ class Parts:
     meter: SpendMeter
 
 
-class Daemon:
+class Pipeline:
     def __init__(self, parts: Parts, clock: Any = time.time) -> None:
         self.p = parts
         self.log = EventLog(parts.layout)
@@ -57,6 +60,9 @@ class Daemon:
         self.just_submitted: set[str] = set()
         self.stopping: Any = lambda: False   # a budget hook: when true no new work starts, running work finishes
         self.cluster_due_at = 0.0   # when the collector may next ask the cluster for job states
+        self.poll_interval_s = parts.cfg.cluster.poll_s   # grows while the answers do not change
+        self.last_states: dict[str, str] = {}
+        self.wake = threading.Event()   # set when an implementation finishes: the loop need not poll for it
         self.submit_due_at = 0.0    # after a failed sbatch: when to try again (exponential backoff)
         self.submit_failures = 0
         self.ignored: set[str] = set()
@@ -120,7 +126,17 @@ class Daemon:
         self.collect()
         self.record_spend()
         self.log.sync()
-        return FAST_TICK_S if self.inflight else self.p.cfg.cluster.poll_s
+        return self.next_due_s()
+
+    def next_due_s(self) -> float:
+        """Seconds until the pipeline has work of its own (result files at poll_s, the next cluster query, a
+        submission retry); finished implementations wake the loop through `wake` instead."""
+        now, dues = self.clock(), [self.p.cfg.cluster.poll_s]
+        if self.submit_failures:
+            dues.append(self.submit_due_at - now)
+        if self.pending_jobs():
+            dues.append(self.cluster_due_at - now)
+        return max(0.0, min(dues))
 
     def done(self) -> bool:
         """Every candidate and replica has its outcome, and no implementation is in flight."""
@@ -139,6 +155,7 @@ class Daemon:
             idea = from_json(Idea, fsio.read_json(self.p.layout.idea(view.cid)))
             self.inflight[view.cid] = self.pool.submit(self.p.implementer.implement, idea,
                                                        self.p.layout.candidate(view.cid))
+            self.inflight[view.cid].add_done_callback(lambda _: self.wake.set())
             if view.implement_status != "implementing":
                 self.log.emit("implement_started", cid=view.cid)
 
@@ -282,12 +299,19 @@ class Daemon:
                    and v.cid not in self.just_submitted]   # just submitted: queued, no need to ask SLURM
         if not missing or self.clock() < self.cluster_due_at:
             return
-        # the cluster is asked at poll_s, whatever the tick rate: a fast tick for an implementation in flight
-        # (for hours, in a search) must not become one sacct a second, which sites rate-limit or ban
-        self.cluster_due_at = self.clock() + self.p.cfg.cluster.poll_s
+        # the cluster is asked at poll_s at most, whatever wakes the loop (sites rate-limit or ban a daemon
+        # that runs sacct every second), and less often while nothing changes: results come from files anyway
         states = self.p.cluster.states([v.job_id for v in missing])
+        self._next_query({v.job_id: states[v.job_id].raw for v in missing})
         for view in missing:
             self._follow(view, states[view.job_id])
+
+    def _next_query(self, raw: dict[str, str]) -> None:
+        poll_s = self.p.cfg.cluster.poll_s
+        same = raw == self.last_states and not self.just_submitted
+        self.poll_interval_s = min(self.poll_interval_s * 2, POLL_BACKOFF_MAX * poll_s) if same else poll_s
+        self.last_states = raw
+        self.cluster_due_at = self.clock() + self.poll_interval_s
 
     def _read_result(self, view: CandidateView) -> dict[str, Any] | None:
         """The result event of result.json; None while there is none, {} to look again next tick.

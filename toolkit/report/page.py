@@ -223,8 +223,3 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"report: {outcome.html}\nideas: {outcome.csv} {outcome.parquet}"
           + (f"\njudge: {outcome.judge_calls} new LLM call(s)" if client is not None else ""))
     return 0
-
-
-__all__ = ["RunData", "load_run", "ideas_table", "state_frame", "epoch_table", "funnel_table", "category_table",
-           "diversity", "diversity_table", "spend_table", "comparison_table", "CategoryJudge", "build_report",
-           "add_report_parser"]

@@ -17,7 +17,7 @@ from rich.console import Console
 from toolkit import fsio
 from toolkit.envs import load_env
 from toolkit.errors import ToolkitError
-from toolkit.executor import execute_ideas
+from toolkit.loop import execute_ideas
 from toolkit.records import Idea
 from toolkit.rl import checkpoint
 from toolkit.rl.config import RLConfig, load_rl_config

@@ -175,7 +175,7 @@ def run_hours(view: CandidateView) -> float:
 # ---- the daemon's side ----------------------------------------------------------------------------------
 class Certifier:
     """Plans noise floors and rounds as events (a restart rebuilds the same plan), builds replica code,
-    and turns finished rounds into verdicts. Called from SearchDaemon.tick(); never blocks."""
+    and turns finished rounds into verdicts. Called from Search.tick(); never blocks."""
 
     def __init__(self, cfg: SearchRunConfig, spec: EnvSpec, layout: RunLayout, log: EventLog) -> None:
         self.cfg, self.c, self.spec, self.layout, self.log = cfg, cfg.search.certify, spec, layout, log

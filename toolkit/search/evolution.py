@@ -1,11 +1,13 @@
-"""The evolutionary search daemon: epochs of ideas -> executor -> results -> next epoch's prompts.
+"""The evolutionary search: epochs of ideas -> execute pipeline -> results -> next epoch's prompts.
 
-`SearchDaemon.tick()` adds ideation and epoch bookkeeping to the executor's tick. Everything it decides is
-recorded in the event log first, so a restart (kill -9 included) rebuilds the same plan and goes on.
+`Search` is a stage of the daemon loop (`toolkit.loop`), ticked after the execute pipeline it feeds: it
+registers ideas with the pipeline, plans certification rounds, ends epochs and decides when the search is
+finished. It holds the pipeline, it does not extend it. Everything it decides is recorded in the event log
+first, so a restart (kill -9 included) rebuilds the same plan and goes on.
 """
 from __future__ import annotations
 
-import logging
+import math
 import queue
 import shutil
 import time
@@ -16,14 +18,13 @@ from typing import Any
 from toolkit import fsio
 from toolkit.search.certify import Certifier
 from toolkit.config import SearchRunConfig, to_dict
-from toolkit.execute.pipeline import Daemon, Parts
+from toolkit.execute.pipeline import Pipeline
 from toolkit.search.dedup import DedupError, DuplicateFinder, Match, openai_embedder
 from toolkit.errors import ConfigError
 from toolkit.search.ideator import Ideator, Proposal
 from toolkit.search.policy import BASELINE_ID, Call, baseline_reward, epoch_calls, exemplars, explore_sample, remaining_calls
 from toolkit.records import Idea, ImplementOutcome, to_json
-from toolkit.state import CandidateView
-from toolkit.report.wandb_log import make_logger
+from toolkit.state import CandidateView, EventLog, RunState
 
 
 @dataclass(frozen=True)
@@ -36,22 +37,44 @@ class Batch:
     dedup_error: str = ""
 
 
-class SearchDaemon(Daemon):
-    def __init__(self, parts: Parts, ideator: Ideator, clock: Any = time.time) -> None:
-        super().__init__(parts, clock)
+class Search:
+    def __init__(self, pipeline: Pipeline, ideator: Ideator) -> None:
+        self.pipe = pipeline
         self.ideator = ideator
-        self.cfg: SearchRunConfig = parts.cfg  # type: ignore[assignment]
+        self.cfg: SearchRunConfig = pipeline.p.cfg  # type: ignore[assignment]
         self.search = self.cfg.search
         self.ideation: Future | None = None
         self.batches: queue.Queue[Batch] = queue.Queue()
         self.ideation_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ideate")
-        self.stopping = self.budget_reason
-        self.wandb = make_logger(self.cfg.wandb, parts.layout.root, to_dict(self.cfg))
-        self.certifier = Certifier(self.cfg, parts.spec, parts.layout, self.log)
+        pipeline.stopping = self.budget_reason    # no new implementation or submission once a budget is spent
+        self.certifier = Certifier(self.cfg, pipeline.p.spec, pipeline.p.layout, pipeline.log)
         self.finder = make_finder(self.search.dedup)
 
-    # ---- the tick --------------------------------------------------------------------------------------
+    # what the search reads of the pipeline it feeds
+    @property
+    def log(self) -> EventLog:
+        return self.pipe.log
+
+    @property
+    def state(self) -> RunState:
+        return self.pipe.state
+
+    @property
+    def p(self) -> Any:
+        return self.pipe.p
+
+    @property
+    def epoch(self) -> int:
+        return self.pipe.epoch
+
+    def clock(self) -> float:
+        return self.pipe.clock()
+
+    # ---- the tick (after the pipeline's) -----------------------------------------------------------------
     def tick(self) -> float:
+        """Returns 0 when it gave the pipeline new work (ideas, replica codebases), so the loop ticks again at
+        once; otherwise the loop sleeps on the pipeline's clock (the ideation thread wakes it)."""
+        before = len(self.state.candidates) + len(self.state.replicas)
         self.start_search()
         self.reap_ideation()
         self.drain_ideas()
@@ -59,19 +82,11 @@ class SearchDaemon(Daemon):
         if not self.budget_reason():
             self.ideate()
         self.certifier.build_dirs()
-        sleep_s = super().tick()
         self.certifier.judge_rounds()
         self.maybe_end_epoch()
-        self.log_wandb()
-        return 1.0 if self.ideation is not None else sleep_s
-
-    def log_wandb(self) -> None:
-        if self.wandb is None:
-            return
-        try:
-            self.wandb.update(self.state)
-        except Exception as exc:  # W&B trouble must never stop a search
-            logging.getLogger(__name__).warning("wandb logging failed: %r", exc)
+        self.log.sync()
+        grew = len(self.state.candidates) + len(self.state.replicas) > before
+        return 0.0 if grew else math.inf
 
     def start_search(self) -> None:
         if "search" in self.state.meta:
@@ -131,10 +146,10 @@ class SearchDaemon(Daemon):
         if self.ideas_left() and not self.ideation_exhausted() and not self.budget_reason():
             return
         views = self.epoch_views(self.epoch)
-        complete = all(v.terminal for v in views) and not self.inflight
+        complete = all(v.terminal for v in views) and not self.pipe.inflight
         deadline = self.search.epoch_deadline_min * 60
         late = deadline > 0 and self.clock() - self.state.meta.get("epoch_started_at", self.clock()) > deadline
-        if self.budget_reason() and not self.pending_jobs() and not self.inflight:
+        if self.budget_reason() and not self.pipe.pending_jobs() and not self.pipe.inflight:
             return self.finish(f"budget: {self.budget_reason()}")
         if not (complete or late):
             return
@@ -144,13 +159,13 @@ class SearchDaemon(Daemon):
 
     def done(self) -> bool:
         """Every run has its outcome and every certification round its verdicts."""
-        return super().done() and not self.certifier.busy()
+        return self.pipe.done() and not self.certifier.busy()
 
     def after_ended_epoch(self) -> None:
         """Once the epoch has ended (now, or before a restart between `epoch_ended` and the next
         `epoch_started`): its certification round, then the next epoch; the last one waits for late results
         and its round's verdicts."""
-        if self.budget_reason() and not self.pending_jobs() and not self.inflight:
+        if self.budget_reason() and not self.pipe.pending_jobs() and not self.pipe.inflight:
             return self.finish(f"budget: {self.budget_reason()}")
         last = self.epoch + 1 >= self.search.epochs or bool(self.budget_reason())
         self.certifier.after_epoch(self.epoch, last)
@@ -165,7 +180,7 @@ class SearchDaemon(Daemon):
     def finished(self) -> bool:
         """Finished once the last epoch ended and every submitted job has its result (late ones too)."""
         if self.state.meta.get("finished"):
-            return not self.pending_jobs() and not self.inflight
+            return not self.pipe.pending_jobs() and not self.pipe.inflight
         ended = self.state.meta.get("epochs_ended", [])
         if ended and ended[-1] == self.search.epochs - 1 and self.done():
             self.finish("all epochs done")
@@ -184,6 +199,7 @@ class SearchDaemon(Daemon):
         calls = self.ideas_left()
         if calls:
             self.ideation = self.ideation_pool.submit(self._ideate_call, self.epoch, calls[0], self._context(calls[0]))
+            self.ideation.add_done_callback(lambda _: self.pipe.wake.set())
 
     def _context(self, call: Call) -> dict[str, Any]:
         views = self.state.candidates
@@ -238,7 +254,7 @@ class SearchDaemon(Daemon):
             if batch.dedup_error:
                 self.log.emit("dedup_failed", epoch=batch.epoch, reason=batch.dedup_error[:2000])
             ideas = self._ideas(batch)
-            self.add_ideas(ideas, self._links(ideas, batch.duplicates))
+            self.pipe.add_ideas(ideas, self._links(ideas, batch.duplicates))
 
     def _links(self, ideas: list[Idea], found: tuple[Match | None, ...]) -> dict[str, dict[str, Any]]:
         """idea id -> how it duplicates an earlier one (the batch's own ideas named by their new ids)."""
@@ -259,7 +275,7 @@ class SearchDaemon(Daemon):
     # ---- budgets -----------------------------------------------------------------------------------------
     def gpu_hours_used(self) -> float:
         now = self.clock()
-        running = sum(v.gpus * max(0.0, now - v.submitted_at) for v in self.pending_jobs()) / 3600
+        running = sum(v.gpus * max(0.0, now - v.submitted_at) for v in self.pipe.pending_jobs()) / 3600
         return self.state.gpu_hours + running
 
     def budget_reason(self) -> str:
@@ -277,9 +293,6 @@ class SearchDaemon(Daemon):
 
     def close(self) -> None:
         self.ideation_pool.shutdown(wait=False, cancel_futures=True)
-        if self.wandb is not None:
-            self.wandb.finish()
-        super().close()
 
 
 def make_finder(cfg: Any) -> DuplicateFinder | None:
