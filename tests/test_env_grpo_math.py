@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,67 @@ def test_prepare_extracts_the_last_boxed_answer():
     assert prepare.last_boxed("no box") is None
 
 
+# ---- the paper's baseline, validation points and evaluation decoding (PAPER.md, Environment 2) -----------
+
+
+def load_train_mode(monkeypatch, smoke: bool, quick_check: bool = False):
+    """train.py as the real run (smoke=False), the smoke run or the preflight imports it."""
+    for name, on in (("TOOLKIT_SMOKE", smoke), ("TOOLKIT_QUICK_CHECK", quick_check)):
+        if on:
+            monkeypatch.setenv(name, "1")
+        else:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("TOOLKIT_SEED", raising=False)
+    return load_by_path(f"grpo_test_train_{smoke}_{quick_check}", CODE / "train.py", code_on_path=True)
+
+
+def test_the_baseline_hyper_parameters_are_the_papers(monkeypatch):
+    t = load_train_mode(monkeypatch, smoke=False)
+    assert (t.learning_rate, t.betas, t.weight_decay) == (1e-5, (0.9, 0.95), 0.0)
+    assert (t.n_grpo_steps, t.group_size, t.n_prompts_per_step, t.eval_every) == (20, 8, 128, 2)
+    assert (t.gradient_accumulation_steps, t.micro_batch_size) == (16, 4)
+    assert (t.loss_type, t.cliprange, t.use_std_normalization) == ("grpo_clip", 0.2, True)
+    assert (t.sampling_temperature, t.sampling_max_tokens) == (1.0, 1024)
+
+
+def test_validation_points_start_at_step_0_and_stop_before_the_last_step(monkeypatch):
+    assert load_train_mode(monkeypatch, smoke=False).eval_steps == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
+    assert load_train_mode(monkeypatch, smoke=True).eval_steps == [0, 2]          # 4 smoke steps
+    assert load_train_mode(monkeypatch, smoke=True, quick_check=True).eval_steps == [0]  # the 1-step preflight
+
+
+def test_the_vllm_eval_samples_one_answer_per_problem_with_the_rollout_settings(validate, monkeypatch):
+    assert (validate.EVAL_TEMPERATURE, validate.EVAL_TOP_P, validate.EVAL_MAX_TOKENS, validate.EVAL_STOP) == (
+        1.0, 1.0, 1024, "</answer>")
+    assert validate.MAX_CHECKPOINTS == len(range(0, 20, 2))
+    seen = {}
+    fake = types.ModuleType("vllm")  # records what the eval asks vLLM for (no vLLM on a CPU)
+    fake.SamplingParams = lambda **kwargs: seen.setdefault("sampling", kwargs)
+    fake.LLM = lambda **kwargs: seen.setdefault("engine", kwargs)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # the generator sets it; restored afterwards
+    validate.VLLMGenerator(validate.EVAL_MAX_TOKENS)
+    assert seen["sampling"] == {"n": 1, "temperature": 1.0, "top_p": 1.0, "max_tokens": 1024, "stop": ["</answer>"],
+                                "include_stop_str_in_output": True}
+    assert seen["engine"]["seed"] == validate.EVAL_SEED
+
+
+def test_the_hf_eval_samples_with_the_same_settings_and_a_fixed_seed(validate, monkeypatch):
+    monkeypatch.setenv("TOOLKIT_SMOKE", "1")
+    tokenizer, config = validate.base_tokenizer_and_config()
+    generator = validate.HFGenerator(tokenizer, config, max_tokens=12)
+    calls, generate = [], generator.model.generate
+    monkeypatch.setattr(generator.model, "generate", lambda **kwargs: calls.append(kwargs) or generate(**kwargs))
+    prompts = ["Calculate 1 + 2.", "Calculate 3 * 4.", "Calculate 5 - 6."]
+    first, again = generator.generate(prompts), generator.generate(prompts)
+    assert len(first) == len(prompts) and first == again  # one answer per problem; re-scoring repeats the draws
+    settings = {k: calls[0][k] for k in ("do_sample", "temperature", "top_p", "top_k", "max_new_tokens", "stop_strings")}
+    assert settings == {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 12,
+                        "stop_strings": ["</answer>"]}
+    monkeypatch.setattr(validate, "EVAL_SEED", 1)
+    assert generator.generate(prompts) != first  # sampled, not greedy: another seed draws other answers
+
+
 # ---- the eval's rules for checkpoints --------------------------------------------------------------
 
 
@@ -237,13 +299,15 @@ def smoke_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_smoke_run_then_eval_reports_the_best_validation_accuracy(smoke_run):
+def test_smoke_run_then_eval_reports_the_best_validation_accuracy(smoke_run, train):
     root, _, metrics = smoke_run
     assert 0.0 <= metrics["val_accuracy"] <= 1.0
-    assert set(metrics["val_accuracy_per_step"]) == {"2", "4"}  # 4 smoke steps, validation every 2
+    # 4 smoke steps, validated as the real run is: from step 0 (untrained), every 2, none after the last step
+    assert train.eval_steps == [0, 2]
+    assert set(metrics["val_accuracy_per_step"]) == {"0", "2"}
     assert metrics["val_accuracy"] == max(metrics["val_accuracy_per_step"].values())
     assert metrics["val_problems"] == 32
-    assert sorted(p.name for p in (root / "scratch" / "checkpoints").iterdir()) == ["step_0002", "step_0004"]
+    assert sorted(p.name for p in (root / "scratch" / "checkpoints").iterdir()) == ["step_0000", "step_0002"]
 
 
 FORGING_TRAIN = '''

@@ -1,6 +1,7 @@
 """envs/nanogpt: the shard format, the 124M config, the smoke run + eval, and the eval's leak check."""
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import math
@@ -102,8 +103,8 @@ def test_full_config_is_gpt2_124m_with_the_paper_batch_and_schedule(monkeypatch)
         model = train.GPT(config)
     d, V, L, T = config.n_embd, config.vocab_size, config.n_layer, config.block_size
     assert (L, config.n_head, d, V, T) == (12, 12, 768, 50257, 1024)
-    expected = V * d + T * d + L * (12 * d * d + 2 * d) + d  # tied embedding; attn + 4x MLP + norms
-    assert sum(p.numel() for p in model.parameters()) == expected == 124_337_664
+    expected = V * d + T * d + L * 12 * d * d  # tied embedding; attn + 4x MLP; the norms have no parameters
+    assert sum(p.numel() for p in model.parameters()) == expected == 124_318_464
     assert model.lm_head.weight is model.transformer.wte.weight
     assert train.batch_size * train.block_size * 8 == train.total_batch_size == 262_144
     assert (train.train_budget_s, train.compile_model, train.smoke) == (1500.0, True, False)
@@ -119,6 +120,64 @@ def test_lr_schedule_warms_up_then_decays_to_a_tenth_over_eleven(monkeypatch):
     assert peak * 0.1 / 1.1 < train.get_lr(middle) < peak
     assert train.get_lr(train.num_iterations) == pytest.approx(peak * 0.1 / 1.1)
     assert train.get_lr(train.num_iterations + 1000) == pytest.approx(peak * 0.1 / 1.1)
+
+
+# ---- the paper release's recipe (PAPER.md, Environment 1) -----------------------------------------------------
+def plain_values(path: Path) -> dict:
+    """The module-level `name = literal` assignments of a file, as written (smoke overrides sit inside an `if`)."""
+    values = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass  # computed, e.g. read from the environment
+    return values
+
+
+def test_train_py_plain_values_are_the_release_recipe():
+    hp = plain_values(CODE_DIR / "train.py")
+    assert (hp["n_layer"], hp["n_head"], hp["n_embd"], hp["vocab_size"], hp["block_size"]) == (12, 12, 768, 50257, 1024)
+    assert (hp["learning_rate"], hp["betas"], hp["weight_decay"], hp["grad_clip"]) == (0.0015, (0.9, 0.95), 0.1, 1.0)
+    assert hp["batch_size"] * hp["block_size"] * 8 == hp["total_batch_size"] == 262_144
+    # the release's schedule length, not a recalibrated one: the 1500 s budget stops training first
+    assert (hp["warmup_iters"], hp["num_iterations"], hp["train_budget_s"]) == (256, 26_880, 1500.0)
+    assert hp["compile_model"] is True
+
+
+def test_the_schedule_decays_linearly_to_a_tenth_over_eleven_at_step_26880(monkeypatch):
+    train = load_module("train", monkeypatch)
+    peak = train.learning_rate
+    assert train.get_lr(26_880) == pytest.approx(peak * 0.1 / 1.1)
+    halfway = 256 + (26_880 - 256) // 2
+    assert train.get_lr(halfway) == pytest.approx(peak * (0.1 + 0.5) / 1.1)
+
+
+def tiny_config(train: ModuleType, n_layer: int):
+    return train.GPTConfig(block_size=16, vocab_size=256, n_layer=n_layer, n_head=12, n_embd=96)
+
+
+def test_the_norm_has_no_parameters(monkeypatch):
+    train = load_module("train", monkeypatch)
+    model = train.GPT(tiny_config(train, n_layer=2))
+    per_layer = {"attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"}
+    expected = {"transformer.wte.weight", "transformer.wpe.weight", "lm_head.weight"}
+    expected |= {f"transformer.h.{i}.{name}" for i in range(2) for name in per_layer}
+    assert set(model.state_dict()) == expected  # no norm weight anywhere
+    x = torch.randn(3, 5, 96) * 7
+    assert torch.allclose(train.rmsnorm(x).pow(2).mean(-1), torch.ones(3, 5), atol=1e-4)  # unit RMS, no gain
+
+
+def test_the_attention_output_is_scaled_by_one_over_sqrt_24(monkeypatch):
+    train = load_module("train", monkeypatch)
+    torch.manual_seed(0)
+    attn = train.GPT(tiny_config(train, n_layer=12)).transformer.h[0].attn
+    projected = []
+    attn.c_proj.register_forward_hook(lambda module, args, out: projected.append(out))
+    y = attn(torch.randn(2, 8, 96))
+    assert torch.allclose(y, projected[0] / math.sqrt(24))
+    # the scale replaces GPT-2's smaller c_proj init: c_proj starts like c_attn (same fan-in, PyTorch's default)
+    assert attn.c_proj.weight.std().item() == pytest.approx(attn.c_attn.weight.std().item(), rel=0.1)
 
 
 def test_env_yaml_locks_the_data_pipeline_and_hides_the_eval():

@@ -4,12 +4,14 @@ fixed wall-clock budget. Rollouts come from vLLM on the same GPU (weights copied
 from the policy after every step); without CUDA or vLLM, from HF `generate`.
 
 This is the file the search edits. What the (locked, hidden) evaluation relies on:
-- at every validation point (every `eval_every` GRPO steps, and once more at the
-  end if the last step was not one) the policy is saved with
-  data.save_checkpoint(model, step); at most 10 checkpoints are scored;
+- at every validation point the policy is saved with data.save_checkpoint(model, step);
+  as in the paper's release, the validation points are every `eval_every` GRPO steps
+  starting at step 0 (the untrained model) and never after the last step: steps
+  0, 2, ..., 18 of 20 (`eval_steps`); at most 10 checkpoints are scored;
 - the eval loads ONLY those weights into the base architecture (data.model_dir():
   same parameter names and shapes, no new modules), prompts each of the 500 MATH-500
-  problems with the r1_zero prompt below, decodes greedily up to 1024 tokens,
+  problems with the r1_zero prompt below, samples one answer per problem with the
+  rollout settings (temperature 1.0, top_p 1.0, up to 1024 tokens, stop at </answer>),
   grades the text inside <answer> ... </answer> (after </think>) for mathematical
   equivalence, and reports the best checkpoint's accuracy;
 - train only on data.load_train_problems(), and finish within TRAIN_BUDGET_S.
@@ -54,7 +56,7 @@ loss_type = "grpo_clip"  # "grpo_clip" | "reinforce_with_baseline" | "no_baselin
 cliprange = 0.2
 advantage_eps = 1e-6
 use_std_normalization = True  # divide advantages by the group's std
-eval_every = 2  # save a checkpoint for the eval every 2 GRPO steps
+eval_every = 2  # save a checkpoint for the eval every 2 GRPO steps, from step 0
 gpu_memory_utilization = 0.55  # vLLM's share of the GPU; the policy and AdamW use the rest
 hf_generation_batch_size = 64  # rollouts per HF generate call (fallback without vLLM)
 budget_s = float(os.environ.get("TRAIN_BUDGET_S", "3600"))  # wall clock, from start to the last save
@@ -78,7 +80,10 @@ if smoke or quick_check:
     micro_batch_size, gradient_accumulation_steps = 4, 2
     hf_generation_batch_size = 16
     learning_rate = 1e-3  # the tiny model is random: nothing to preserve
-    eval_every = 1 if quick_check else 2
+
+# the validation points: the model after 0, eval_every, 2 * eval_every, ... GRPO steps, before the last step
+# (20 steps: 0, 2, ..., 18; the weights after the last step are never scored, as in the paper's release)
+eval_steps = list(range(0, n_grpo_steps, eval_every))
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
 if device == "cpu":
@@ -258,8 +263,10 @@ def main() -> None:
     print(json.dumps({"event": "start", "device": device, "vllm": use_vllm, "train_problems": len(problems),
                       "setup_s": round(time.time() - t0, 1)}), flush=True)
 
-    completed, last_saved, step_s = 0, 0, 0.0
-    for step in range(1, n_grpo_steps + 1):
+    step_s = 0.0
+    for step in range(n_grpo_steps):  # `step` GRPO steps are done when an iteration starts
+        if step in eval_steps:  # a validation point: the eval scores these weights after the run
+            data.save_checkpoint(model, step)
         if time.time() - t0 + step_s > budget_s:  # the next step would not finish in the budget
             break
         t_step = time.time()
@@ -298,18 +305,13 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
         if llm:
             sync_policy_to_vllm(model, llm)
-        if step % eval_every == 0:
-            data.save_checkpoint(model, step)
-            last_saved = step
-        completed, step_s = step, time.time() - t_step
-        print(json.dumps({"step": step, "train_reward": round(rewards.mean().item(), 4),
+        step_s = time.time() - t_step
+        print(json.dumps({"step": step + 1, "train_reward": round(rewards.mean().item(), 4),
                           "format_rate": round(sum(s["format_reward"] for s in scores) / len(scores), 4),
                           "loss": round(sum(losses) / len(losses), 5),
                           "clip_frac": round(sum(clip_fracs) / len(clip_fracs), 4),
                           "gen_s": round(t_gen, 1), "step_s": round(step_s, 1),
                           "elapsed_s": round(time.time() - t0, 1)}), flush=True)
-    if completed > last_saved:  # the budget ended between two validation points
-        data.save_checkpoint(model, completed)
     print(json.dumps({"event": "done", "elapsed_s": round(time.time() - t0, 1)}), flush=True)
 
 

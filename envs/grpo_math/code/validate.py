@@ -10,8 +10,10 @@ Nothing the run wrote is trusted except the weights in its checkpoints:
   prepared snapshot; smoke: rebuilt in memory), never from the checkpoint;
 - each checkpoint must hold exactly the base model's parameter names and shapes,
   as safetensors (no pickles: loading them could run the run's code);
-- prompt, decoding (greedy, 1024 tokens, stop at </answer>) and grading
-  (grader.py, math-verify) are fixed here; at most MAX_CHECKPOINTS are scored;
+- prompt, decoding (the release's: the rollout sampling settings, temperature 1.0,
+  top_p 1.0, up to 1024 tokens, stop at </answer>, one sampled answer per problem,
+  with a fixed seed) and grading (grader.py, math-verify) are fixed here; at most
+  MAX_CHECKPOINTS are scored (train.py saves steps 0, 2, ..., 18 of 20);
 - the script re-executes itself under `python -P -s`, so modules the run dropped
   into the codebase or ~/.local (say a fake math_verify.py) cannot shadow the real ones.
 
@@ -37,8 +39,14 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-MAX_CHECKPOINTS = 10  # 20 steps, validation every 2: more checkpoints would mean more draws for the max
+MAX_CHECKPOINTS = 10  # steps 0, 2, ..., 18 of 20: more checkpoints would mean more draws for the max
+# The paper's evaluation decoding is its rollout sampling: one sampled answer per problem, not greedy, so each
+# checkpoint's accuracy is itself a noisy draw. The seed is fixed so re-scoring the same weights repeats it.
+EVAL_TEMPERATURE = 1.0
+EVAL_TOP_P = 1.0
 EVAL_MAX_TOKENS = 1024
+EVAL_STOP = "</answer>"
+EVAL_SEED = 0
 SMOKE_EVAL_MAX_TOKENS = 24
 VLLM_GPU_MEMORY_UTILIZATION = 0.85  # nothing else is on the GPU during the eval
 HF_BATCH_SIZE = 32
@@ -162,10 +170,12 @@ class VLLMGenerator:
     def __init__(self, max_tokens: int):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine must live here to swap weights
         from vllm import LLM, SamplingParams
-        self.llm = LLM(model=str(data.model_dir()), dtype="bfloat16", seed=0, enable_prefix_caching=False,
+        # one engine seed, checkpoints scored in step order: re-scoring the same weights repeats the draws
+        # (on the same GPU and vLLM version)
+        self.llm = LLM(model=str(data.model_dir()), dtype="bfloat16", seed=EVAL_SEED, enable_prefix_caching=False,
                        gpu_memory_utilization=VLLM_GPU_MEMORY_UTILIZATION)
-        self.params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop=["</answer>"],
-                                     include_stop_str_in_output=True)
+        self.params = SamplingParams(n=1, temperature=EVAL_TEMPERATURE, top_p=EVAL_TOP_P, max_tokens=max_tokens,
+                                     stop=[EVAL_STOP], include_stop_str_in_output=True)
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
         try:
@@ -197,15 +207,18 @@ class HFGenerator:
 
     @torch.no_grad()
     def generate(self, prompts: list[str]) -> list[str]:
+        torch.manual_seed(EVAL_SEED)  # every checkpoint from the same seed: re-scoring repeats the draws
         texts = []
         for start in range(0, len(prompts), HF_BATCH_SIZE):
             enc = self.tokenizer(prompts[start:start + HF_BATCH_SIZE], return_tensors="pt", padding=True,
                                  add_special_tokens=False).to(self.device)
-            out = self.model.generate(**enc, do_sample=False, max_new_tokens=self.max_tokens,
-                                      stop_strings=["</answer>"], tokenizer=self.tokenizer,
+            # top_k=0: the full distribution, as vLLM samples it (HF would keep only the top 50 by default)
+            out = self.model.generate(**enc, do_sample=True, temperature=EVAL_TEMPERATURE, top_p=EVAL_TOP_P,
+                                      top_k=0, num_return_sequences=1, max_new_tokens=self.max_tokens,
+                                      stop_strings=[EVAL_STOP], tokenizer=self.tokenizer,
                                       pad_token_id=self.tokenizer.pad_token_id)
             texts += self.tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
-        return [t.split("</answer>")[0] + "</answer>" if "</answer>" in t else t for t in texts]
+        return [t.split(EVAL_STOP)[0] + EVAL_STOP if EVAL_STOP in t else t for t in texts]
 
 
 # -----------------------------------------------------------------------------
