@@ -9,10 +9,15 @@ Thinking / reasoning tokens are billed as output tokens, and the APIs already co
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from toolkit.llm.base import LLMSettings
+
+class Priced(Protocol):
+    """What pricing reads of a role's LLM settings (toolkit.llm.base.LLMSettings has these fields)."""
+    model: str
+    price_input_per_mtok: float
+    price_output_per_mtok: float
+
 
 # model id (a dated id such as claude-opus-4-1-20250805 or gpt-5-2025-08-07 maps to its undated id):
 # (input, output) USD per million tokens. Models not listed here cost 0 unless priced in the settings.
@@ -47,12 +52,12 @@ def price_per_mtok(model: str) -> tuple[float, float] | None:
     return PRICES_PER_MTOK.get(_DATE_SUFFIX.sub("", model))
 
 
-def has_price(settings: LLMSettings) -> bool:
+def has_price(settings: Priced) -> bool:
     given = settings.price_input_per_mtok >= 0 and settings.price_output_per_mtok >= 0
     return given or price_per_mtok(settings.model) is not None
 
 
-def cost_usd(settings: LLMSettings, reply_model: str, input_tokens: int, output_tokens: int) -> float:
+def cost_usd(settings: Priced, reply_model: str, input_tokens: int, output_tokens: int) -> float:
     """Cost of one call: settings prices when given (>= 0), else the table for the configured model."""
     table_in, table_out = price_per_mtok(settings.model or reply_model) or (0.0, 0.0)
     usd_in = settings.price_input_per_mtok if settings.price_input_per_mtok >= 0 else table_in

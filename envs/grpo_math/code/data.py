@@ -36,7 +36,7 @@ from pathlib import Path
 # fixed constants (changing any of them changes every score)
 
 SMOKE_TRAIN_SIZE = 1000
-SMOKE_VAL_SIZE = 32  # small: the eval greedily decodes every val problem at every checkpoint on a CPU
+SMOKE_VAL_SIZE = 32  # small: the eval samples an answer to every val problem at every checkpoint on a CPU
 SMOKE_SEEDS = {"train": 1, "val": 2}  # different seeds, and val questions are removed from train below
 # short problems (2-3 terms, 1-2 digits) keep the byte-level prompts short on a CPU
 SMOKE_TERMS, SMOKE_MAX_OPERAND = (2, 3), 99   # "Calculate 12 - 7 * 3." with 2-3 terms of 1-2 digits
