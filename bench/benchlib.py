@@ -31,7 +31,7 @@ from toolkit.layout import RunLayout  # noqa: E402
 from toolkit.llm.base import LLMSettings  # noqa: E402
 from toolkit.records import Idea, ImplementOutcome, Result, to_json  # noqa: E402
 from toolkit.runs import open_run  # noqa: E402
-from toolkit.cluster.scheduler import SlurmCluster  # noqa: E402
+from toolkit.cluster.slurm import SlurmCluster# noqa: E402
 from toolkit.testing.diffs import make_diff  # noqa: E402,F401 (the benchmarks import it from here)
 
 SLURM_COMMANDS = ("sbatch", "sacct", "squeue", "scancel", "scontrol", "sinfo")

@@ -18,7 +18,7 @@ from benchlib import (Report, SlurmCalls, bench_config, cancel, cids, fsync_ms, 
                       run_bench, secs, sleep_env, timed_cluster, write_events, write_ready_candidate)
 from toolkit.config import ClusterConfig
 from toolkit.execute.pipeline import Pipeline
-from toolkit.cluster.scheduler import SlurmCluster
+from toolkit.cluster.slurm import SlurmCluster
 from toolkit.cluster.worker import WorkerTask, run_task
 
 CANDIDATES = 200

@@ -83,7 +83,7 @@ def test_sbatch_runs_in_the_allow_listed_environment(tmp_path: Path) -> None:
     settings pass, except those that would make SLURM load the login environment on the node."""
     import submitit
 
-    from toolkit.cluster.scheduler import sbatch_environment
+    from toolkit.cluster.slurm import sbatch_environment
     source = {"PATH": "/usr/bin", "HOME": "/root", "OPENAI_API_KEY": "sk", "SBATCH_ACCOUNT": "lab",
               "SBATCH_EXPORT": "NONE", "SBATCH_GET_USER_ENV": "1", "SLURM_CONF": "/etc/slurm/slurm.conf",
               "SLURM_JOB_ID": "7", "SLURM_MEM_PER_CPU": "4000", "SBATCH_AUTH_TOKEN": "t", "RANDOM_VAR": "r", "KRB5CCNAME": "FILE:/tmp/krb5cc_1"}

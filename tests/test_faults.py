@@ -20,7 +20,7 @@ from toolkit.loop import execute_ideas
 from toolkit.llm.base import LLMSettings
 from toolkit.records import Idea, ImplementOutcome, to_json
 from toolkit.runs import open_run
-from toolkit.cluster.scheduler import Cluster, JobState
+from toolkit.cluster.base import Cluster, JobState
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 
 
@@ -279,7 +279,7 @@ def test_the_cluster_is_asked_at_poll_s_at_most_and_less_while_nothing_changes(t
     brings it back to poll_s. The tick says when the next query is due, never more than poll_s away."""
     from concurrent.futures import Future
 
-    from toolkit.cluster.scheduler import JobState
+    from toolkit.cluster.base import JobState
 
     asked, state = [], ["RUNNING"]
 

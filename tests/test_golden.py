@@ -11,7 +11,7 @@ from rich.console import Console
 from toolkit.report import dashboard
 from toolkit.config import ClusterConfig
 from toolkit.envs import Resources
-from toolkit.cluster.scheduler import SlurmCluster
+from toolkit.cluster.slurm import SlurmCluster
 from toolkit.state import RunState
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

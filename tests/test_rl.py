@@ -7,11 +7,14 @@ text, by a hash, to one of four real diffs of the toy env: learning rates 0.3 / 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import importlib.util
 import json
 import re
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -326,6 +329,22 @@ def test_config_is_strict() -> None:
     for name in ("rl_tiny.yaml", "rl_ideator.yaml"):
         assert load_rl_config(ROOT / "configs" / name).sampling.group_size >= 4
     assert load_rl_config(ROOT / "configs" / "rl_ideator.yaml").policy.model == "Qwen/Qwen3-30B-A3B"
+    with pytest.raises(ConfigError, match="trainer.executor='job' is not one of daemon, in_job"):
+        from_dict(RLConfig, {"trainer": {"executor": "job"}}, "rl.yaml")
+
+
+def test_a_trainer_job_that_executes_its_own_ideas_gets_no_api_key(tmp_path: Path) -> None:
+    """A job never gets API keys, so `executor: in_job` with a keyed implementer is refused before any sbatch."""
+    from toolkit.rl.cli import check_job_llm
+
+    cfg = from_dict(RLConfig, {"trainer": {"cluster": "slurm", "executor": "in_job"},
+                               "run": {"llm": {"implementer": {"provider": "anthropic", "model": "m"}}}}, "rl.yaml")
+    with pytest.raises(ConfigError, match="never gets API keys; use trainer.executor: daemon"):
+        check_job_llm(cfg)
+    keyless = {"provider": "openai-compatible", "model": "m", "base_url": "http://127.0.0.1:1/v1"}
+    check_job_llm(from_dict(RLConfig, {"trainer": {"executor": "in_job"}, "run": {"llm": {"implementer": keyless}}},
+                            "rl.yaml"))
+    assert from_dict(RLConfig, {"trainer": {"cluster": "slurm"}}, "rl.yaml").trainer.hands_off
 
 
 def test_metrics_table_renders_rows() -> None:
@@ -355,3 +374,62 @@ def test_update_raises_logprob_of_positive_advantage() -> None:
     assert after[0] > before[0] and after[2] < before[2]
     skipped = policy_gradient_step(model, optimizer, prompt, rollouts, [0.0] * 4, OptimConfig(), 1.0)
     assert skipped.trained_rollouts == 0
+
+
+# ---- (1b) a SLURM trainer hands its steps to the executor daemon outside it --------------------------------
+
+def rl_process(config: Path, out: Path) -> subprocess.Popen:
+    """`toolkit rl` as a user runs it on the login node: it submits (or re-attaches to) the trainer job, then
+    executes the steps' ideas until the trainer is done."""
+    return subprocess.Popen([sys.executable, "-m", "toolkit.cli", "rl", "--config", str(config), "--out", str(out),
+                             "--partition", "debug"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition: Any, what: str, timeout_s: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def events_of(run_dir: Path, kind: str) -> list[dict[str, Any]]:
+    path = run_dir / "state" / "events.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [e for e in map(json.loads, lines) if e["kind"] == kind]
+
+
+@pytest.mark.slurm
+def test_a_slurm_trainer_hands_its_steps_to_a_daemon_outside_it_and_survives_either_dying(tmp_path: Path) -> None:
+    """The trainer job samples and updates; the daemon outside it implements, submits and collects. Kill the
+    daemon mid-step (kill -9), then cancel the trainer mid-step: each rerun of the same command resumes, and
+    every step completes once, with no idea implemented, submitted or scored twice."""
+    env_dir = copy_env(tmp_path / "toy")
+    implement = hashed_implementer(env_dir / "code")
+    trainer = {"gpus": 0, "cpus": 1, "mem_gb": 4, "timeout_min": 10}
+    with FakeLLMServer(lambda request: dataclasses.replace(implement(request), delay_s=1.0)) as server:
+        cfg = rl_config(env_dir, server.base_url, {"cluster": "slurm", "partition": "debug"}, trainer=trainer,
+                        sampling={"group_size": 4})
+        config, out = tmp_path / "rl.yaml", tmp_path / "rl"
+        config.write_text(yaml.safe_dump(cfg))
+        layout = RLLayout(out)
+        first = rl_process(config, out)
+        wait_for(lambda: events_of(layout.step(1).exec_dir, "submitted"), "step 1's first submission")
+        first.kill()                                        # the daemon dies mid-step 1
+        first.wait()
+        job_id = json.loads(layout.trainer_job.read_text())["job_id"]
+        second = rl_process(config, out)                    # re-attaches to the live trainer job
+        wait_for(lambda: layout.step(2).request.exists(), "step 2's ideas")
+        subprocess.run(["scancel", job_id], check=True)     # the trainer dies mid-step 2
+        said, _ = second.communicate(timeout=240)           # the daemon says the trainer is gone ...
+        assert second.returncode != 0 and "the trainer job ended (cancelled)" in said, said
+        third = rl_process(config, out)                     # ... and the same command resumes it
+        output, _ = third.communicate(timeout=400)
+        assert third.returncode == 0, output
+    assert [r["step"] for r in metrics(layout)] == [1, 2]
+    jobs = sorted({p.name.split("_")[0] for p in layout.trainer_jobs.glob("*_submitted.pkl")})
+    assert len(jobs) == 2 and job_id in jobs, jobs           # the original trainer and the one after the cancel
+    for step in (1, 2):
+        run_dir = layout.step(step).exec_dir
+        for kind in ("idea", "implemented", "submitted", "result"):
+            cids = [e["cid" if kind != "idea" else "idea_id"] for e in events_of(run_dir, kind)]
+            assert sorted(cids) == sorted(set(cids)) and len(cids) == 4, (step, kind, cids)

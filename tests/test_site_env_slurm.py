@@ -91,7 +91,7 @@ def test_a_batch_over_max_array_size_goes_out_as_several_arrays(tmp_path: Path) 
     name, every task runs once, and a restart finds all seven by that name."""
     from toolkit.config import ClusterConfig
     from toolkit.envs import load_env
-    from toolkit.cluster.scheduler import SlurmCluster, max_array_size
+    from toolkit.cluster.slurm import SlurmCluster, max_array_size
     from toolkit.cluster.worker import WorkerTask
 
     assert max_array_size() >= 1

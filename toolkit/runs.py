@@ -20,7 +20,8 @@ from toolkit.errors import ConfigError, EnvError
 from toolkit.execute.implementer import Implementer, Site, preflight
 from toolkit.layout import RunLayout
 from toolkit.llm.base import ChatRequest, LLMClient, LLMReply, LLMSettings, SpendMeter, make_client
-from toolkit.cluster.scheduler import check_request, make_cluster
+from toolkit.cluster.base import make_cluster
+from toolkit.cluster.slurm import check_request
 from toolkit.state import load_state
 
 

@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import submitit
 from rich.console import Console
 from rich.progress import Progress
 
 from toolkit import fsio, jobenv
 from toolkit.config import ClusterConfig, ServeConfig
 from toolkit.errors import ToolkitError
-from toolkit.cluster.scheduler import make_cluster, sbatch_environment
+from toolkit.cluster.base import JobSpec, make_cluster
 
 KEY_ENV = "TOOLKIT_LLM_SERVER_KEY"     # where the daemon's clients find the key (a *KEY* name: never sent to jobs)
 SERVER_KEY_ENV = "VLLM_API_KEY"        # where vLLM (and the test stand-in) read it
@@ -135,16 +134,10 @@ def start_server(cfg: ServeConfig, cluster: ClusterConfig, run_dir: Path) -> str
 
 
 def _submit(cfg: ServeConfig, cluster: ClusterConfig, run_dir: Path) -> str:
-    executor = submitit.AutoExecutor(folder=run_dir / "jobs", cluster=cluster.cluster)
-    params: dict[str, Any] = dict(name=f"toolkit-llm-{run_dir.name}", timeout_min=cfg.time_min,
-                                  cpus_per_task=cfg.cpus, mem_gb=cfg.mem_gb)
-    if cluster.cluster == "slurm":
-        params.update(slurm_partition=cfg.partition or cluster.partition or None, gpus_per_node=cfg.gpus or None,
-                      slurm_additional_parameters={"export": "ALL"})
-    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    with sbatch_environment():
-        job = ServerJob(cfg, str(run_dir / "llm_endpoint.json"), str(run_dir / "llm_secret"), socket.gethostname())
-        return executor.submit(job).job_id
+    spec = JobSpec(name=f"toolkit-llm-{run_dir.name}", time_min=cfg.time_min, cpus=cfg.cpus, mem_gb=cfg.mem_gb,
+                   gpus=cfg.gpus, partition=cfg.partition)
+    job = ServerJob(cfg, str(run_dir / "llm_endpoint.json"), str(run_dir / "llm_secret"), socket.gethostname())
+    return make_cluster(run_dir / "jobs", cluster).submit_job(job, (), spec)
 
 
 def wait_for_endpoint(cfg: ServeConfig, cluster: ClusterConfig, run_dir: Path, job_id: str,

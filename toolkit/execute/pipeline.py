@@ -9,6 +9,7 @@ asked for job states at `poll_s` at most, and less often while nothing changes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import threading
@@ -25,13 +26,15 @@ from toolkit.execute.implementer import Implementer
 from toolkit.layout import RunLayout, is_replica
 from toolkit.llm.base import SpendMeter
 from toolkit.records import Idea, from_json, result_event, to_json
-from toolkit.cluster.scheduler import Cluster
+from toolkit.cluster.base import Cluster, ClusterError, JobState
 from toolkit.state import CandidateView, EventLog
 from toolkit.cluster.worker import WorkerTask
 
 SUBMIT_BACKOFF_MAX_S = 600.0       # a failing sbatch (a bad partition, a full queue) is retried at most this rarely
 POLL_BACKOFF_MAX = 4               # job states unchanged: ask SLURM at poll_s, 2x, 4x poll_s, no less often
 FULL_LISTING_S = 60.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -235,7 +238,10 @@ class Pipeline:
             return
         ready = [v for v in self._views(lambda v: v.implement_status == "ready" and not v.job_id and not v.status)
                  if self.p.layout.candidate(v.cid).ready.exists()]
-        ready = self.reattach(ready)
+        try:
+            ready = self.reattach(ready)
+        except ClusterError as exc:   # nobody knows whether the array went out: nothing is submitted again yet
+            return self._submit_failed(ready, exc)
         if ready:
             self.submit(ready, attempt=0)
 
@@ -261,13 +267,15 @@ class Pipeline:
         try:
             job_ids = self.p.cluster.submit(tasks, self.p.spec.resources, name)
         except Exception as exc:  # a failed sbatch must not kill the daemon; retried after a backoff
-            self.submit_failures += 1
-            delay_s = min(SUBMIT_BACKOFF_MAX_S, self.p.cfg.cluster.poll_s * 2 ** (self.submit_failures - 1))
-            self.submit_due_at = self.clock() + delay_s
-            self.log.emit("submit_failed", cids=[v.cid for v in views], reason=repr(exc)[:2000], retry_in_s=delay_s)
-            return
+            return self._submit_failed(views, exc)
         self.submit_failures = 0
         self._record_submitted([v.cid for v in views], job_ids, attempt)
+
+    def _submit_failed(self, views: list[CandidateView], exc: Exception) -> None:
+        self.submit_failures += 1
+        delay_s = min(SUBMIT_BACKOFF_MAX_S, self.p.cfg.cluster.poll_s * 2 ** (self.submit_failures - 1))
+        self.submit_due_at = self.clock() + delay_s
+        self.log.emit("submit_failed", cids=[v.cid for v in views], reason=repr(exc)[:2000], retry_in_s=delay_s)
 
     def _record_submitted(self, cids: list[str], job_ids: list[str], attempt: int) -> None:
         self.just_submitted.update(cids)
@@ -301,7 +309,11 @@ class Pipeline:
             return
         # the cluster is asked at poll_s at most, whatever wakes the loop (sites rate-limit or ban a daemon
         # that runs sacct every second), and less often while nothing changes: results come from files anyway
-        states = self.p.cluster.states([v.job_id for v in missing])
+        try:
+            states = self.p.cluster.states([v.job_id for v in missing])
+        except ClusterError as exc:   # slurmdbd down, a controller restart: ask again later, lose nothing
+            log.warning("job states unavailable, asking again later: %s", exc)
+            return self._next_query({})
         self._next_query({v.job_id: states[v.job_id].raw for v in missing})
         for view in missing:
             self._follow(view, states[view.job_id])
@@ -337,28 +349,28 @@ class Pipeline:
         if extra:
             self.log.emit("duplicate_result", cid=cid, files=extra)
 
-    def _follow(self, view: CandidateView, state: Any) -> None:
+    def _follow(self, view: CandidateView, state: JobState) -> None:
         if state.phase != view.job_phase and state.phase != "unknown":
             self.log.emit("job_state", cid=view.cid, phase=state.phase, raw=state.raw)
         if state.phase != "finished":
             return
         first = self.finished_seen.setdefault(view.job_id, self.clock())
         if self.clock() - first >= self.p.cfg.cluster.lost_grace_s:
-            self._lost(view, state.raw)
+            self._lost(view, state)
 
-    def _lost(self, view: CandidateView, raw: str) -> None:
+    def _lost(self, view: CandidateView, state: JobState) -> None:
         """A job ended without a result: a SLURM time-out is final; the rest is `lost`, retried by policy."""
-        tail = self.p.cluster.log_tail(view.job_id)
+        raw, tail = state.raw, self.p.cluster.log_tail(view.job_id)
         self.log.emit("lost", cid=view.cid, job_id=view.job_id, attempt=view.attempt, raw=raw, log_tail=tail)
-        if raw.startswith("TIMEOUT"):
+        if state.end == "timeout":
             return self._final(view, "timeout", f"SLURM time limit reached before the worker wrote a result ({raw})")
-        if self._deserves_retry(view, raw):
+        if self._deserves_retry(view, state):
             return self.submit([view], attempt=view.attempt + 1)
         self._final(view, "lost", f"job ended ({raw or 'state unknown'}) without a result file")
 
-    def _deserves_retry(self, view: CandidateView, raw: str) -> bool:
+    def _deserves_retry(self, view: CandidateView, state: JobState) -> bool:
         cluster = self.p.cfg.cluster
-        if raw.startswith("CANCELLED") and not cluster.retry_cancelled:
+        if state.end == "cancelled" and not cluster.retry_cancelled:
             return False  # someone cancelled it on purpose
         return view.attempt < cluster.max_lost_retries and not self.stopping()
 

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
 
 from toolkit import fsio
+from toolkit.cluster.base import Cluster, ClusterError, JobSpec, make_cluster
 from toolkit.errors import ConfigError
 from toolkit.rl.config import PLACEMENTS, RLConfig, TrainerConfig, load_rl_config, resolved, save_rl_config
 from toolkit.rl.layout import RLLayout
 from toolkit.rl.metrics import metrics_table
+from toolkit.rl.rollouts import serve_steps
 from toolkit.runs import with_llm
 
 console = Console()
@@ -102,28 +105,62 @@ class TrainerJob:
         return submitit.helpers.DelayedSubmission(TrainerJob(), root)
 
 
-def slurm_parameters(cfg: TrainerConfig) -> dict[str, Any]:
-    params: dict[str, Any] = dict(name="toolkit-rl", timeout_min=cfg.timeout_min, cpus_per_task=cfg.cpus,
-                                  mem_gb=cfg.mem_gb, slurm_additional_parameters=dict(cfg.sbatch_extra))
-    if cfg.gpus:
-        params["gpus_per_node"] = cfg.gpus
-    if cfg.partition:
-        params["slurm_partition"] = cfg.partition
-    return params
+def trainer_cluster(layout: RLLayout, cfg: RLConfig) -> Cluster:
+    """The cluster the trainer job goes to: the run's SLURM settings (account, QOS, site lines, passthrough)."""
+    return make_cluster(layout.trainer_jobs, dataclasses.replace(cfg.run.cluster, cluster="slurm"))
+
+
+def trainer_spec(cfg: TrainerConfig) -> JobSpec:
+    return JobSpec(name="toolkit-rl", time_min=cfg.timeout_min, cpus=cfg.cpus, mem_gb=cfg.mem_gb, gpus=cfg.gpus,
+                   partition=cfg.partition, sbatch_extra=dict(cfg.sbatch_extra))
 
 
 def submit_slurm(layout: RLLayout, cfg: RLConfig, wait: bool) -> int:
-    import submitit
+    """Submit the trainer job (or re-attach to the live one); with `executor: daemon` this process then
+    executes the steps' ideas until the trainer is done."""
+    check_job_llm(cfg)
+    cluster = trainer_cluster(layout, cfg)
+    job_id = live_trainer_job(layout, cluster) or submit_trainer(layout, cfg, cluster)
+    state = lambda: trainer_end(cluster, job_id)   # noqa: E731
+    if cfg.trainer.hands_off:
+        return serve_steps(layout, cfg, state, console) or show_status(layout)
+    while wait and not state():
+        time.sleep(cfg.run.cluster.poll_s)
+    return show_status(layout) if wait else 0
 
-    executor = submitit.AutoExecutor(folder=layout.trainer_jobs, cluster="slurm")
-    executor.update_parameters(**slurm_parameters(cfg.trainer))
-    job = executor.submit(TrainerJob(), str(layout.root))
-    console.print(f"trainer job {job.job_id} on partition {cfg.trainer.partition or '(default)'}; "
-                  f"log: {job.paths.stdout}; follow with: toolkit rl --out {layout.root} --status")
-    if not wait:
-        return 0
-    job.result()
-    return show_status(layout)
+
+def check_job_llm(cfg: RLConfig) -> None:
+    """A job never gets API keys: a trainer that implements its own ideas must use a keyless endpoint."""
+    llm = cfg.run.llm.implementer
+    if cfg.trainer.executor == "in_job" and (llm.provider in ("anthropic", "openai") or llm.api_key_env):
+        raise ConfigError(f"trainer.executor: in_job runs the {llm.provider} implementer inside the trainer job, "
+                          f"which never gets API keys; use trainer.executor: daemon (the default), or a keyless "
+                          f"openai-compatible endpoint")
+
+
+def live_trainer_job(layout: RLLayout, cluster: Cluster) -> str:
+    """The recorded trainer job while it is queued or running ('' otherwise): a rerun re-attaches to it."""
+    if not layout.trainer_job.exists():
+        return ""
+    job_id = str(fsio.read_json(layout.trainer_job)["job_id"])
+    return "" if trainer_end(cluster, job_id) else job_id
+
+
+def submit_trainer(layout: RLLayout, cfg: RLConfig, cluster: Cluster) -> str:
+    job_id = cluster.submit_job(TrainerJob(), (str(layout.root),), trainer_spec(cfg.trainer))
+    fsio.atomic_write_json(layout.trainer_job, {"job_id": job_id})
+    console.print(f"trainer job {job_id} on partition {cfg.trainer.partition or '(default)'}; log: "
+                  f"{layout.trainer_jobs}/{job_id}_0_log.out; follow with: toolkit rl --out {layout.root} --status")
+    return job_id
+
+
+def trainer_end(cluster: Cluster, job_id: str) -> str:
+    """'' while the job is queued, running or not yet known to SLURM; else how it ended."""
+    try:
+        state = cluster.states([job_id])[job_id]
+    except ClusterError:
+        return ""   # SLURM cannot be asked right now: assume it lives, ask again later
+    return state.end or ("finished" if state.phase == "finished" else "")
 
 
 PLACE: dict[str, Callable[[RLLayout, RLConfig, bool], int]] = {"local": run_local, "slurm": submit_slurm}

@@ -16,6 +16,7 @@ from toolkit.errors import ConfigError
 
 BACKENDS = ("auto", "hf", "vllm")
 DTYPES = ("float32", "bfloat16", "float16")
+EXECUTORS = ("daemon", "in_job")
 PLACEMENTS = ("local", "slurm")
 
 
@@ -97,10 +98,21 @@ class TrainerConfig:
     mem_gb: float = 64.0
     timeout_min: int = 2880            # on time-out the job checkpoints and requeues itself (it resumes)
     sbatch_extra: dict[str, str] = field(default_factory=dict)
+    # who implements, submits and collects the ideas of a SLURM trainer's steps: `daemon` = the `toolkit rl`
+    # command on the login node (the trainer job needs no route to an LLM API and submits nothing); `in_job` =
+    # the trainer job itself (its node must reach the LLM and may submit jobs; a job never gets API keys)
+    executor: str = "daemon"
 
     def __post_init__(self) -> None:
         if self.cluster not in PLACEMENTS:
             raise ConfigError(f"trainer.cluster={self.cluster!r} is not one of {', '.join(PLACEMENTS)}")
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"trainer.executor={self.executor!r} is not one of {', '.join(EXECUTORS)}")
+
+    @property
+    def hands_off(self) -> bool:
+        """The trainer is a SLURM job whose ideas the login-node daemon executes."""
+        return self.cluster == "slurm" and self.executor == "daemon"
 
 
 @dataclass(frozen=True)

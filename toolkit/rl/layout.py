@@ -9,9 +9,12 @@
   steps/step-0003/rollouts.json    the G sampled completions, split into thinking and idea (resume reuses it)
   steps/step-0003/rng.pt           the RNG state right after sampling (a resumed step continues from it)
   steps/step-0003/rewards.json     per rollout: executor status, reward parts, advantage
+  steps/step-0003/execute.json     the step's ideas, handed by a SLURM trainer to the executor daemon
+  steps/step-0003/executed.json    the daemon's word that every idea of the step has its outcome
   steps/step-0003/exec/            the executor's run directory for the step's ideas (a RunLayout)
   checkpoints/step-000003/         policy/ (weights or adapter), optimizer.pt, rng.pt, state.json, archive.json
   trainer_jobs/                    submitit folder when the trainer runs as a SLURM job
+  trainer_job.json                 that job's id (the same command re-attaches to it while it lives)
 """
 from __future__ import annotations
 
@@ -38,6 +41,14 @@ class StepPaths:
     @property
     def rewards(self) -> Path:
         return self.root / "rewards.json"
+
+    @property
+    def request(self) -> Path:
+        return self.root / "execute.json"
+
+    @property
+    def executed(self) -> Path:
+        return self.root / "executed.json"
 
     @property
     def exec_dir(self) -> Path:
@@ -96,6 +107,11 @@ class RLLayout:
     def step(self, n: int) -> StepPaths:
         return StepPaths(self.root / "steps" / f"step-{n:04d}")
 
+    def requested_steps(self) -> list[int]:
+        """Steps whose ideas a trainer handed over and the daemon has not yet executed, oldest first."""
+        found = sorted(int(p.parent.name.split("-")[1]) for p in self.root.glob("steps/step-*/execute.json"))
+        return [n for n in found if not self.step(n).executed.exists()]
+
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
@@ -116,3 +132,7 @@ class RLLayout:
     @property
     def trainer_jobs(self) -> Path:
         return self.root / "trainer_jobs"
+
+    @property
+    def trainer_job(self) -> Path:
+        return self.root / "trainer_job.json"

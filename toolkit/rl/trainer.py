@@ -4,6 +4,10 @@ checkpoint. One trainer owns an RL directory (trainer.lock).
 Resume: the newest checkpoint restores weights, optimiser, RNG, archive and the step count. A step cut short
 is redone from where it stopped: its rollouts.json (and the RNG state after sampling) are reused, and the
 executor resumes its own run directory, so no idea is implemented or submitted twice.
+
+A SLURM trainer (`trainer.executor: daemon`, the default) executes nothing itself: it writes the step's ideas
+to execute.json and waits for the login-node daemon (`toolkit.rl.rollouts`) to write executed.json; GPU nodes
+often have no route to LLM APIs and may not submit jobs.
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ from toolkit import fsio
 from toolkit.envs import load_env
 from toolkit.errors import ToolkitError
 from toolkit.loop import execute_ideas
-from toolkit.records import Idea
+from toolkit.layout import RunLayout
+from toolkit.records import Idea, to_json
 from toolkit.rl import checkpoint
 from toolkit.rl.config import RLConfig, load_rl_config
 from toolkit.rl.grpo import UpdateStats, group_advantages, make_optimizer, policy_gradient_step
@@ -28,7 +33,7 @@ from toolkit.rl.policy import encode_prompt, ensure_base_model, load_policy, loa
 from toolkit.rl.prompt import ideation_prompt, previous_results
 from toolkit.rl.rewards import Reward, shape_reward
 from toolkit.rl.sampling import Rollout, make_sampler, to_rollout
-from toolkit.state import CandidateView
+from toolkit.state import CandidateView, load_state
 
 
 class StepInterrupted(ToolkitError):
@@ -120,12 +125,23 @@ class Trainer:
                  for r in rollouts if r.idea]
         if not ideas:
             return {}
-        views = execute_ideas(paths.exec_dir, self.cfg.run, ideas, console=self.console).candidates
+        if self.cfg.trainer.hands_off:
+            views = self.executed_by_daemon(paths, ideas)
+        else:
+            views = execute_ideas(paths.exec_dir, self.cfg.run, ideas, console=self.console).candidates
         unfinished = sorted(cid for cid, view in views.items() if not view.terminal)
         if unfinished:
             raise StepInterrupted(f"step {n}: execution stopped before {len(unfinished)} ideas finished (see "
                                   f"{paths.exec_dir}); run the same command again to resume the step")
         return views
+
+    def executed_by_daemon(self, paths: StepPaths, ideas: list[Idea]) -> dict[str, CandidateView]:
+        """Hand the ideas over (once: a restarted trainer finds them there) and wait for the daemon's word."""
+        if not paths.request.exists():
+            fsio.atomic_write_json(paths.request, {"ideas": [to_json(idea) for idea in ideas]})
+        while not paths.executed.exists():
+            time.sleep(self.cfg.run.cluster.poll_s)
+        return load_state(RunLayout(paths.exec_dir)).candidates
 
     def rewards(self, n: int, rollouts: list[Rollout], views: dict[str, CandidateView]) -> list[Reward]:
         previous = [word_set(e["idea"]) for e in self.archive if e["step"] == n - 1]
