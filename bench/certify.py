@@ -27,8 +27,8 @@ from pathlib import Path
 import yaml
 
 from benchlib import REPO, Report, make_diff, run_bench, secs
-from toolkit.search.certify import baseline_runs, hours
 from toolkit.layout import RunLayout
+from toolkit.search.certify import baseline_runs, hours
 from toolkit.state import load_state
 
 TINY = REPO / "envs" / "tiny_lm"

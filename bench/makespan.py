@@ -28,8 +28,19 @@ from pathlib import Path
 import submitit
 from rich.console import Console
 
-from benchlib import (Report, bench_config, epoch_s, open_bench_run, real_slurm, run_bench, sacct_rows, secs,
-                      sleep_env, wait_for_idle_cluster, write_ready_candidate)
+from benchlib import (
+    Report,
+    bench_config,
+    epoch_s,
+    open_bench_run,
+    real_slurm,
+    run_bench,
+    sacct_rows,
+    secs,
+    sleep_env,
+    wait_for_idle_cluster,
+    write_ready_candidate,
+)
 from toolkit.config import ClusterConfig
 from toolkit.execute.pipeline import Daemon
 from toolkit.executor import run_until_done

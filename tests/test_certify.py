@@ -11,11 +11,11 @@ import pytest
 from rich.console import Console
 
 from helpers import FIXTURES, copy_env, make_diff
-from toolkit.search.certify import interleave, judge, nominees, noise_floor, one_sided_p
 from toolkit.config import SearchRunConfig, from_dict
 from toolkit.evolve import run_search
-from toolkit.state import CandidateView
 from toolkit.layout import RunLayout
+from toolkit.search.certify import interleave, judge, noise_floor, nominees, one_sided_p
+from toolkit.state import CandidateView
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 
 NOISY_ENV = FIXTURES / "noisy_env"

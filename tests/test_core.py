@@ -93,5 +93,5 @@ def test_sbatch_runs_in_the_allow_listed_environment(tmp_path: Path) -> None:
     with sbatch_environment(env):
         command = plain._make_submission_command(tmp_path / "job.sh")
     assert command[:2] == ["env", "-i"] and command[-2:] == ["sbatch", str(tmp_path / "job.sh")]
-    assert "SBATCH_ACCOUNT=lab" in command and not any("sk" == c.split("=")[-1] for c in command)
+    assert "SBATCH_ACCOUNT=lab" in command and not any(c.split("=")[-1] == "sk" for c in command)
     assert plain._make_submission_command(tmp_path / "job.sh") == ["sbatch", str(tmp_path / "job.sh")]

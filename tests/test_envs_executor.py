@@ -29,8 +29,8 @@ from toolkit.envs import compute_reward, load_env
 from toolkit.executor import execute_ideas
 from toolkit.layout import RunLayout
 from toolkit.llm.base import LLMSettings
-from toolkit.search.policy import BASELINE_ID
 from toolkit.records import Idea, ImplementOutcome, to_json
+from toolkit.search.policy import BASELINE_ID
 from toolkit.state import CandidateView, RunState
 from toolkit.testing.fake_llm import FakeLLMServer
 

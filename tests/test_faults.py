@@ -13,14 +13,14 @@ from helpers import copy_env, make_diff
 from search_helpers import toy_search_responder
 from toolkit import fsio
 from toolkit.cli import main
+from toolkit.cluster.scheduler import Cluster, JobState
 from toolkit.config import ClusterConfig, ImplementConfig, LLMConfig, RunConfig, SearchRunConfig, from_dict
-from toolkit.execute.pipeline import Daemon
 from toolkit.evolve import run_search
+from toolkit.execute.pipeline import Daemon
 from toolkit.executor import execute_ideas
 from toolkit.llm.base import LLMSettings
 from toolkit.records import Idea, ImplementOutcome, to_json
 from toolkit.runs import open_run
-from toolkit.cluster.scheduler import Cluster, JobState
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 
 

@@ -100,7 +100,7 @@ def test_cluster_faults(tmp_path: Path) -> None:
             t.start()
         run = tmp_path / "main"
         cancel, requeue, kill = (job_of(run, m) for m in ("CANCEL-ME", "REQUEUE-ME", "KILL-ME"))
-        drain = job_of(run, "DRAIN-ME")
+        job_of(run, "DRAIN-ME")                                                 # submitted before any fault
         for job in (cancel, requeue, kill):
             wait_running(job)
         subprocess.run(["scancel", cancel], check=True)                        # a user cancels a task

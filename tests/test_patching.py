@@ -45,7 +45,7 @@ GOOD = """--- a/train.py
 -lr = 0.0015
 +lr = 0.003
  warmup_iters = 256
-"""
+"""  # noqa: W293 (a diff's blank context line is one space)
 
 
 def snapshot(root: Path) -> dict[str, str]:

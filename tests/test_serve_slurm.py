@@ -69,8 +69,8 @@ def test_served_endpoints_are_private_distinct_and_never_a_foreign_server(tmp_pa
     """Two servers at once, both preferring a port a foreign (keyless) server already holds: each gets its own
     free port, answers only its own key, and the foreign one is never published; the key is in no command
     line, no job record and no file of the run directory but its 0600 secret file."""
-    from toolkit.config import ClusterConfig, ServeConfig
     from toolkit.cluster.serve import _status, start_server, stop_server, wait_for_endpoint
+    from toolkit.config import ClusterConfig, ServeConfig
     from toolkit.testing.fake_llm import FakeLLMServer
 
     cluster = ClusterConfig(cluster="slurm", partition="debug")

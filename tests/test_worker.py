@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TOY_ENV, copy_env
-from toolkit.layout import CandidatePaths
+from helpers import copy_env
 from toolkit.cluster.worker import WorkerTask, parse_metrics, run_task
+from toolkit.layout import CandidatePaths
 
 
 def make_candidate(tmp_path: Path, edit=None) -> tuple[WorkerTask, CandidatePaths]:

@@ -11,9 +11,10 @@ import hashlib
 import math
 import operator
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from toolkit.errors import ConfigError, EnvError
 from toolkit.schema import from_dict, load_yaml

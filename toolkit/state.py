@@ -112,7 +112,7 @@ class RunState:
         """Everything that is (or will be) a job: candidates and replicas."""
         return [*self.candidates.values(), *self.replicas.values()]
 
-    def table(self) -> "pd.DataFrame":
+    def table(self) -> pd.DataFrame:
         import pandas as pd  # imported here: the daemon's start-up (and resume) should not pay for it
 
         rows = [{**c.__dict__, "stage": c.stage} for c in self.candidates.values()]

@@ -13,6 +13,7 @@ A policy names what the candidate may read and write; everything else on the fil
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -524,10 +525,8 @@ def _ppid(pid: str) -> int | None:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 def _reap_children() -> None:

@@ -13,16 +13,16 @@ import re
 import subprocess
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import submitit
 
 from toolkit import jobenv
+from toolkit.cluster.worker import WorkerTask, run_task
 from toolkit.config import ClusterConfig
 from toolkit.envs import Resources
-from toolkit.cluster.worker import WorkerTask, run_task
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
             "DEADLINE", "PREEMPTED", "FINISHED", "INTERRUPTED")
@@ -62,7 +62,7 @@ class Cluster(ABC):
     def states(self, job_ids: list[str]) -> dict[str, JobState]:
         """Current state of each job (one cluster query for all of them)."""
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str) -> None:  # noqa: B027 (optional: a cluster that cannot cancel does nothing)
         """Stop a job (best effort)."""
 
     def find_jobs(self, job_name: str) -> list[str]:
@@ -254,10 +254,8 @@ class LocalCluster(Cluster):
             try:
                 os.killpg(int(job_id), 15)
             except OSError:
-                try:
+                with contextlib.suppress(OSError):
                     os.kill(int(job_id), 15)
-                except OSError:
-                    pass
 
 
 def _local_state(job_id: str) -> JobState:
@@ -271,10 +269,8 @@ def _local_state(job_id: str) -> JobState:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
-    except (ChildProcessError, OSError):
-        pass
 
 
 class DebugCluster(Cluster):

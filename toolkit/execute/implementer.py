@@ -16,13 +16,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from toolkit import fsio, jobenv
-
 from toolkit.cluster import confine
 from toolkit.config import ImplementConfig
 from toolkit.envs import EnvSpec, is_locked, list_files, strip_hidden
+from toolkit.execute.patching import PatchOutcome, apply_patch
 from toolkit.layout import CandidatePaths
 from toolkit.llm.base import ChatRequest, LLMClient, LLMReply
-from toolkit.execute.patching import PatchOutcome, apply_patch
 from toolkit.prompts import number_lines, render
 from toolkit.records import Idea, ImplementOutcome, to_json
 

@@ -14,9 +14,9 @@ import pandas as pd
 from toolkit import fsio
 from toolkit.errors import ConfigError
 from toolkit.llm.base import PROVIDERS, ChatRequest, LLMClient, LLMSettings
-from toolkit.search.policy import BASELINE_ID
 from toolkit.prompts import TEMPLATES, render
 from toolkit.report.runs import CATEGORIES, JUDGE_FAILED
+from toolkit.search.policy import BASELINE_ID
 
 
 # ---- the LLM judge of idea categories ----------------------------------------------------------------------

@@ -14,9 +14,10 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jinja2
 import pandas as pd
@@ -27,10 +28,29 @@ from toolkit.llm.base import PROVIDERS, LLMClient, make_client
 from toolkit.prompts import TEMPLATES
 from toolkit.report import plots
 from toolkit.report.judge import CategoryJudge, apply_judge, judge_settings
-from toolkit.report.runs import RunData, baseline_reward, ideas_only, ideas_table, load_run, replica_frame
-from toolkit.report.tables import (category_table, certification_summary, certification_table, comparison_table,
-                                   diversity_table, epoch_table, funnel_table, reference_table, spend_table,
-                                   thinking_table, top_ideas)
+from toolkit.report.runs import (
+    RunData,
+    baseline_reward,
+    ideas_only,
+    ideas_table,
+    load_run,
+    replica_frame,
+    state_frame,
+)
+from toolkit.report.tables import (
+    category_table,
+    certification_summary,
+    certification_table,
+    comparison_table,
+    diversity,
+    diversity_table,
+    epoch_table,
+    funnel_table,
+    reference_table,
+    spend_table,
+    thinking_table,
+    top_ideas,
+)
 
 
 # ---- writing the report ------------------------------------------------------------------------------------

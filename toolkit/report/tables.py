@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -11,7 +12,6 @@ from toolkit.envs import EnvSpec
 from toolkit.layout import RunLayout
 from toolkit.report.runs import RunData, baseline_reward, ideas_only, implement_cid
 from toolkit.search.policy import BASELINE_ID
-
 
 FUNNEL = ("proposed", "patch_applied", "preflight_passed", "job_ran", "valid_metric", "beat_baseline")
 TOP_IDEAS = 5

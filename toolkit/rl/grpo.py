@@ -9,8 +9,9 @@ as in TRL's default). Rollouts with A_i = 0 (e.g. a group with equal rewards) ad
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

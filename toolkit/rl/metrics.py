@@ -7,9 +7,10 @@ leader clustering, in sampling order), and the top share is the largest cluster'
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from rich import box
 from rich.console import Group

@@ -92,7 +92,7 @@ class Sampler(ABC):
     def generate(self, prompts: list[list[int]], n: int, max_tokens: int, stops: tuple[int, ...]) -> list[list[list[int]]]:
         """For each prompt, n sampled continuations, each cut after its first stop token."""
 
-    def sync(self, policy_dir: Path | None) -> None:
+    def sync(self, policy_dir: Path | None) -> None:  # noqa: B027 (optional: the live model needs no sync)
         """Make the next samples come from the weights saved in `policy_dir` (None: the initial policy)."""
 
     def sample(self, prompt: list[int], n: int) -> list[Completion]:

@@ -16,14 +16,15 @@ import math
 import re
 import shutil
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from toolkit import fsio
 from toolkit.config import SearchRunConfig
 from toolkit.envs import EnvSpec
-from toolkit.layout import REPLICA_MARK, RunLayout
 from toolkit.execute.patching import apply_patch
+from toolkit.layout import REPLICA_MARK, RunLayout
 from toolkit.search.policy import BASELINE_ID
 from toolkit.state import CandidateView, EventLog, RunState
 
