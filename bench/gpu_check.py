@@ -263,7 +263,8 @@ def cmd_build_grpo(out: str, tiny: bool, n_train: int = 400, n_val: int = 16) ->
     n_params = sum(v.numel() for v in state.values())
     print(json.dumps({"event": "grpo_build", "dir": str(root), "train": len(train), "val": len(val),
                       **tok_info, "vocab_size": config.vocab_size,
-                      "params_m": round(n_params / 1e6, 1), "prompt_tokens": len(tokenizer(prompt.format(question=problems[0]["problem"])).input_ids),
+                      "params_m": round(n_params / 1e6, 1),
+                      "prompt_tokens": len(tokenizer(prompt.format(question=problems[0]["problem"])).input_ids),
                       "tokenizer_s": round(t_tok, 1), "init_s": round(t_init, 1), "init_device": init_device,
                       "total_s": round(time.time() - t0, 1)}), flush=True)
 
@@ -436,7 +437,8 @@ def print_summary(s: dict) -> None:
           f"(configured {ex.get('configured_num_iterations')})")
     print(f"  eval: {ng.get('eval')} in {ng.get('eval_wall_s')}s")
     gr = s.get("grpo_math", {})
-    print(f"grpo_math: build {(gr.get('build') or {}).get('total_s')}s, setup {(gr.get('start') or {}).get('setup_s')}s, "
+    print(f"grpo_math: build {(gr.get('build') or {}).get('total_s')}s, "
+          f"setup {(gr.get('start') or {}).get('setup_s')}s, "
           f"device {(gr.get('start') or {}).get('device')}, vllm {(gr.get('start') or {}).get('vllm')}")
     for st in gr.get("steps") or []:
         print(f"  step {st['step']}: gen {st['gen_s']}s, update+save {st['update_and_save_s']}s, total {st['step_s']}s")

@@ -86,7 +86,8 @@ def test_sbatch_runs_in_the_allow_listed_environment(tmp_path: Path) -> None:
     from toolkit.cluster.scheduler import sbatch_environment
     source = {"PATH": "/usr/bin", "HOME": "/root", "OPENAI_API_KEY": "sk", "SBATCH_ACCOUNT": "lab",
               "SBATCH_EXPORT": "NONE", "SBATCH_GET_USER_ENV": "1", "SLURM_CONF": "/etc/slurm/slurm.conf",
-              "SLURM_JOB_ID": "7", "SLURM_MEM_PER_CPU": "4000", "SBATCH_AUTH_TOKEN": "t", "RANDOM_VAR": "r", "KRB5CCNAME": "FILE:/tmp/krb5cc_1"}
+              "SLURM_JOB_ID": "7", "SLURM_MEM_PER_CPU": "4000", "SBATCH_AUTH_TOKEN": "t", "RANDOM_VAR": "r",
+              "KRB5CCNAME": "FILE:/tmp/krb5cc_1"}
     env = jobenv.sbatch_environ(source)
     assert set(env) == {"PATH", "HOME", "SBATCH_ACCOUNT", "SLURM_CONF", "KRB5CCNAME"}
     plain = submitit.SlurmExecutor(folder=tmp_path)

@@ -230,7 +230,8 @@ def smoke_run(tmp_path_factory):
     _, smoke = env_yaml_specs()
     prepared = run_step(smoke.prepare, CODE, root, PYTHONDONTWRITEBYTECODE="1")
     assert prepared.returncode == 0, prepared.stderr[-3000:]
-    assert not (root / "data" / "smoke" / "val.jsonl").exists() and (root / "data.hidden" / "smoke" / "val.jsonl").exists()
+    assert not (root / "data" / "smoke" / "val.jsonl").exists()
+    assert (root / "data.hidden" / "smoke" / "val.jsonl").exists()
     run = run_step(smoke.run, code, root)
     assert run.returncode == 0, run.stderr[-3000:]
     return root, code, last_json(score(code, root))

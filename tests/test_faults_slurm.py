@@ -94,8 +94,10 @@ def test_cluster_faults(tmp_path: Path) -> None:
     with FakeLLMServer(scripted(rules)) as server:
         main_cfg = config(tmp_path, server.base_url, env, array_parallelism=4)
         slow_cfg = config(tmp_path, server.base_url, slow_env, sbatch_extra={"time": "1"}, time_margin_min=0)
-        threads = [threading.Thread(target=lambda: states.update(main=execute_ideas(tmp_path / "main", main_cfg, ideas))),
-                   threading.Thread(target=lambda: states.update(slow=execute_ideas(tmp_path / "slow", slow_cfg, overrun)))]
+        threads = [
+            threading.Thread(target=lambda: states.update(main=execute_ideas(tmp_path / "main", main_cfg, ideas))),
+            threading.Thread(target=lambda: states.update(slow=execute_ideas(tmp_path / "slow", slow_cfg, overrun))),
+        ]
         for t in threads:
             t.start()
         run = tmp_path / "main"

@@ -37,7 +37,8 @@ def write_replay(path: Path) -> None:
 def test_search_with_served_model(tmp_path: Path) -> None:
     write_replay(tmp_path / "replay.jsonl")
     port = free_port()
-    command = f"{sys.executable} -m toolkit.testing.fake_llm --host {{bind}} --port {{port}} --replay {tmp_path / 'replay.jsonl'}"
+    command = (f"{sys.executable} -m toolkit.testing.fake_llm --host {{bind}} --port {{port}} "
+               f"--replay {tmp_path / 'replay.jsonl'}")
     cfg = from_dict(SearchRunConfig, {
         "env": str(copy_env(tmp_path / "env")),
         "serve_llm": {"model": "Qwen/Qwen3-30B-A3B", "partition": "h100", "gpus": 1, "cpus": 1, "mem_gb": 1,

@@ -270,7 +270,8 @@ def score(spec: EnvSpec, metrics: dict[str, Any], base: Result) -> Result:
         return replace(base, status="invalid", reason=f"eval: {metrics['invalid']}", metrics=metrics)
     value = metrics.get(spec.metric)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        return replace(base, status="invalid", metrics=metrics, reason=f"metric {spec.metric!r} missing or not a finite number")
+        return replace(base, status="invalid", metrics=metrics,
+                       reason=f"metric {spec.metric!r} missing or not a finite number")
     low, high = spec.metric_range
     if not low <= value <= high:
         return replace(base, status="invalid", metrics=metrics, metric=value,

@@ -125,10 +125,12 @@ class Implementer:
 
     def _attempt(self, sample: int, revision: int, prompt: str, cand: CandidatePaths, race: _Race) -> Attempt:
         tag = f"s{sample}r{revision}"
-        reply = self.llm.complete(ChatRequest(prompt=prompt, system=self.system, tag=f"implement:{cand.cid.removeprefix('.building-')}:{tag}"))
+        reply = self.llm.complete(ChatRequest(prompt=prompt, system=self.system,
+                                              tag=f"implement:{cand.cid.removeprefix('.building-')}:{tag}"))
         self._save_reply(cand, tag, prompt, reply)
         if reply.status != "ok":
-            return Attempt(sample, revision, "llm_error", f"LLM {reply.status}: {reply.reason}", cost_usd=reply.cost_usd)
+            return Attempt(sample, revision, "llm_error", f"LLM {reply.status}: {reply.reason}",
+                           cost_usd=reply.cost_usd)
         if race.over:   # another sample won while this one waited for its reply: no patch, no preflight
             return Attempt(sample, revision, "superseded", SUPERSEDED, cost_usd=reply.cost_usd)
         dest = cand.root / "attempts" / tag

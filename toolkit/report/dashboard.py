@@ -131,7 +131,8 @@ def epoch_progress(state: RunState) -> Table:
     epoch = int(state.meta.get("epoch", 0))
     views = [v for v in state.candidates.values() if v.epoch == epoch]
     done = sum(1 for v in views if v.terminal)
-    planned = sum(n for _, n in state.meta.get("plan", [])) + (1 if epoch == 0 and "baseline" in state.candidates else 0)
+    planned = (sum(n for _, n in state.meta.get("plan", []))
+               + (1 if epoch == 0 and "baseline" in state.candidates else 0))
     total = max(planned, len(views), 1)
     grid.add_row(Text(f"epoch {epoch + 1}/{epochs}"), ProgressBar(total=total, completed=done, width=40),
                  Text(f"{done}/{total} results in"))

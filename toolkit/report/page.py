@@ -111,7 +111,8 @@ def _write(out: Path, runs: list[RunData], frames: list[pd.DataFrame], judge: Ca
 def report_tables(runs: list[RunData], frames: list[pd.DataFrame]) -> dict[str, pd.DataFrame]:
     main, frame = runs[0], frames[0]
     return {"epochs": epoch_table(frame), "references": reference_table(main, frame), "funnel": funnel_table(frames),
-            "certification": certification_table(main, frame), "certification_summary": certification_summary(main, frame),
+            "certification": certification_table(main, frame),
+            "certification_summary": certification_summary(main, frame),
             "thinking": thinking_table(frame), "categories": category_table(frame), "diversity": diversity_table(frame),
             "spend": spend_table(main, frame), "comparison": comparison_table(runs, frames)}
 

@@ -230,7 +230,8 @@ def certification_table(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
     floor = run.state.meta.get("floor")
     rows = []
     if floor:
-        note = "floor: every seed gave the same metric (the env ignores TOOLKIT_SEED)" if floor.get("seed_ignored") else "noise floor"
+        note = ("floor: every seed gave the same metric (the env ignores TOOLKIT_SEED)" if floor.get("seed_ignored")
+                else "noise floor")
         rows.append(dict(cid="baseline", screened=None, rerun_mean=floor["mean"], ci_low=floor["mean"] - floor["sd"],
                          ci_high=floor["mean"] + floor["sd"], n=floor["n"], p_value=None, verdict=note,
                          idea=f"the unchanged codebase: mean ± sd over {floor['n']} seeds"))

@@ -111,4 +111,5 @@ def metrics_table(rows: Sequence[dict[str, Any]], limit: int = 20) -> Group:
     shown = rows[-limit:]
     more = f" (the last {limit} of {len(rows)} steps)" if len(rows) > limit else ""
     return Group(_table("GRPO: env reward R, execution rate, update" + more, REWARD_COLUMNS, shown),
-                 _table("GRPO: mean tokens, idea diversity (top = largest idea's share), seconds", SHAPE_COLUMNS, shown))
+                 _table("GRPO: mean tokens, idea diversity (top = largest idea's share), seconds", SHAPE_COLUMNS,
+                        shown))

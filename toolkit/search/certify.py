@@ -232,7 +232,8 @@ class Certifier:
                 continue
             self.log.emit("verdict", cid=cid, round=-1, verdict="unreproducible", n=0,
                           reason=f"its diff changes how runs are seeded ({lines[0].strip()[:120]}): fresh-seed "
-                                 "re-runs are the evidence of a certificate, so a change to seeding cannot be certified")
+                                 "re-runs are the evidence of a certificate, so a change to seeding cannot be "
+                                 "certified")
         return keep
 
     def _plan_round(self, epoch: int, cids: list[str]) -> None:
