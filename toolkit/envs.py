@@ -243,7 +243,9 @@ def compute_reward(expr: str, metrics: dict[str, Any]) -> float:
 
 def _eval(node: ast.AST, metrics: dict[str, Any]) -> float:
     if isinstance(node, ast.Constant):
-        return float(node.value)
+        if isinstance(node.value, (int, float, str, bytes)):
+            return float(node.value)
+        raise TypeError(f"{node.value!r} is not a number")
     if isinstance(node, ast.Name):
         return float(metrics[node.id])
     if isinstance(node, ast.UnaryOp):

@@ -177,7 +177,8 @@ def sbatch_environment(env: Mapping[str, str] | None = None) -> Iterator[None]:
     original = cls._make_submission_command
     prefix = ["env", "-i", *(f"{name}={value}" for name, value in sorted(env.items()))]
     with _SBATCH_LOCK:
-        cls._make_submission_command = lambda self, path: prefix + original(self, path)  # type: ignore[method-assign]
+        cls._make_submission_command = (  # type: ignore[method-assign]
+            lambda self, submission_file_path: prefix + original(self, submission_file_path))
         try:
             yield
         finally:

@@ -166,12 +166,14 @@ class Implementer:
             fsio.atomic_write_text(cand.implement_dir / f"{tag}.thinking.md", reply.thinking)
 
     def _outcome(self, cid: str, race: _Race, attempts: list[Attempt]) -> ImplementOutcome:
-        common = dict(cid=cid, attempts=len(attempts), cost_usd=sum(a.cost_usd for a in attempts))
+        calls, cost_usd = len(attempts), sum(a.cost_usd for a in attempts)
         win = race.winner
         if win is None:
-            return ImplementOutcome(status=_failure_status(attempts), reason=_failure_reason(attempts), **common)
-        return ImplementOutcome(status="ready", sample=win.sample, revision=win.revision, preflight="passed",
-                                diff_lines=len(win.diff.splitlines()), files=_diff_files(win.diff), **common)
+            return ImplementOutcome(cid=cid, status=_failure_status(attempts), reason=_failure_reason(attempts),
+                                    attempts=calls, cost_usd=cost_usd)
+        return ImplementOutcome(cid=cid, status="ready", sample=win.sample, revision=win.revision, preflight="passed",
+                                diff_lines=len(win.diff.splitlines()), files=_diff_files(win.diff), attempts=calls,
+                                cost_usd=cost_usd)
 
     def _finish(self, cand: CandidatePaths, outcome: ImplementOutcome, win: Attempt | None) -> None:
         if win is not None:

@@ -57,8 +57,8 @@ class CategoryJudge:
 
     def _remember(self, prompt: str, text: str, error: str) -> None:
         category, why = parse_verdict(text)
-        entry = dict(key=self.key(prompt), model=self.client.settings.model, category=category, why=why or error,
-                     prompt=prompt, response=text, t=time.time())
+        entry: dict[str, Any] = dict(key=self.key(prompt), model=self.client.settings.model, category=category,
+                                     why=why or error, prompt=prompt, response=text, t=time.time())
         fsio.append_jsonl(self.verdicts, entry)
         (self.cache if category in CATEGORIES else self.failed)[entry["key"]] = entry
 

@@ -72,7 +72,8 @@ def near_duplicate_share(ideas: Sequence[str]) -> float | None:
 
     if not ideas:
         return None
-    finder, seen, found = DuplicateFinder("text"), [], 0
+    finder, found = DuplicateFinder("text"), 0
+    seen: list[tuple[str, str]] = []
     for i, text in enumerate(ideas):
         found += finder.find(text, seen) is not None
         seen.append((str(i), text))

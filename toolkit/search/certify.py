@@ -106,19 +106,21 @@ def _tested(ok: Sequence[CandidateView], baseline: Sequence[float], direction: s
             min_effect: float, note: str) -> Verdict:
     metrics = [float(r.metric) for r in ok]  # type: ignore[arg-type]
     low, high = mean_ci(metrics)
-    common = dict(n=len(ok), mean=statistics.fmean(metrics), low=low, high=high,
-                  reward=statistics.fmean(float(r.reward) for r in ok if r.reward is not None))
+    mean = statistics.fmean(metrics)
+    reward = statistics.fmean(float(r.reward) for r in ok if r.reward is not None)
     if statistics.pvariance(metrics) == 0 and statistics.pvariance(baseline) > 0:
         return Verdict("unreproducible", "every re-run gave the same metric for a different seed while the "
                        "baseline's varied: the candidate ignores TOOLKIT_SEED (a fixed seed cannot be certified)",
-                       **common)
+                       n=len(ok), mean=mean, low=low, high=high, reward=reward)
     p = one_sided_p(metrics, baseline, direction, min_effect)
-    gain = improvement(common["mean"], statistics.fmean(baseline), direction)
-    text = (f"re-runs {common['mean']:.4g} [{low:.4g}, {high:.4g}] vs baseline {statistics.fmean(baseline):.4g} "
+    gain = improvement(mean, statistics.fmean(baseline), direction)
+    text = (f"re-runs {mean:.4g} [{low:.4g}, {high:.4g}] vs baseline {statistics.fmean(baseline):.4g} "
             f"(n={len(baseline)}{note}): improvement {gain:+.4g}, p={p:.2g}")
     if p < alpha:
-        return Verdict("certified", f"{text} < alpha {alpha:g}", p_value=p, **common)
-    return Verdict("not significant", f"{text} >= alpha {alpha:g}", p_value=p, **common)
+        verdict, reason = "certified", f"{text} < alpha {alpha:g}"
+    else:
+        verdict, reason = "not significant", f"{text} >= alpha {alpha:g}"
+    return Verdict(verdict, reason, n=len(ok), mean=mean, low=low, high=high, reward=reward, p_value=p)
 
 
 def interleave(candidate_runs: Sequence[Any], baseline_runs: Sequence[Any]) -> list[Any]:

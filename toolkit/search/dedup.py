@@ -441,8 +441,8 @@ class DuplicateFinder:
     @staticmethod
     def _text_scores(query: _Doc, docs: list[_Doc], sizes: list[int]) -> np.ndarray:
         """The weighted mean of the cosines in each feature space."""
-        return sum(weight * _cosines(query.spaces[k], [d.spaces[k] for d in docs], sizes[k])
-                   for k, (_, weight) in enumerate(_SPACES))
+        return sum((weight * _cosines(query.spaces[k], [d.spaces[k] for d in docs], sizes[k])
+                    for k, (_, weight) in enumerate(_SPACES)), np.zeros(len(docs)))
 
     def _embedding_scores(self, text: str, texts: list[str]) -> np.ndarray:
         """Cosine of embeddings. Blank texts are not sent (embedding APIs reject empty input) and score 0."""

@@ -161,7 +161,8 @@ def _openai_finish(reply: FakeReply) -> str:
 def _openai_usage(body: dict, reply: FakeReply) -> dict:
     prompt, completion = _usage(body, reply)
     completion += reply.reasoning_tokens
-    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "total_tokens": prompt + completion}
     if reply.reasoning_tokens:
         usage["completion_tokens_details"] = {"reasoning_tokens": reply.reasoning_tokens}
     return usage
