@@ -15,23 +15,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from toolkit import fsio  # noqa: E402
+from toolkit.cluster.slurm import SlurmCluster  # noqa: E402
 from toolkit.config import ClusterConfig, ImplementConfig, LLMConfig, RunConfig  # noqa: E402
 from toolkit.execute.pipeline import Parts  # noqa: E402
 from toolkit.layout import RunLayout  # noqa: E402
 from toolkit.llm.base import LLMSettings  # noqa: E402
 from toolkit.records import Idea, ImplementOutcome, Result, to_json  # noqa: E402
 from toolkit.runs import open_run  # noqa: E402
-from toolkit.cluster.slurm import SlurmCluster# noqa: E402
 from toolkit.testing.diffs import make_diff  # noqa: E402,F401 (the benchmarks import it from here)
 
 SLURM_COMMANDS = ("sbatch", "sacct", "squeue", "scancel", "scontrol", "sinfo")

@@ -27,8 +27,8 @@ from pathlib import Path
 import yaml
 
 from benchlib import REPO, Report, make_diff, run_bench, secs
-from toolkit.search.certify import baseline_runs, hours
 from toolkit.layout import RunLayout
+from toolkit.search.certify import baseline_runs, hours
 from toolkit.state import load_state
 
 TINY = REPO / "envs" / "tiny_lm"
@@ -108,8 +108,8 @@ def body(work: Path, report: Report) -> None:
         marker = view.idea.split("]")[0].lstrip("[")
         verdict = view.verdict or ("not nominated (screened no better than the baseline)" if view.status == "ok"
                                    else f"{view.status or view.implement_status}")
-        reruns = "" if view.cert_metric is None else (f"re-runs {view.cert_metric:.4f} "
-                                                      f"[{view.cert_low:.4f}, {view.cert_high:.4f}], p={view.p_value:.2g}")
+        reruns = "" if view.cert_metric is None else (
+            f"re-runs {view.cert_metric:.4f} [{view.cert_low:.4f}, {view.cert_high:.4f}], p={view.p_value:.2g}")
         expected = {"no-op": "never certified", "harmful": "never certified"}.get(truth[marker], "")
         met = None if not expected else view.verdict != "certified"
         report.add(f"{marker} ({truth[marker]}): screened {view.metric:.4f}" if view.metric is not None else marker,

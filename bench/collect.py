@@ -16,8 +16,22 @@ import statistics
 import time
 from pathlib import Path
 
-from benchlib import (Report, SlurmCalls, bench_config, cids, fsync_ms, ms, open_bench_run, ready_events, run_bench,
-                      secs, sleep_env, submitted_event, write_events, write_result)
+from benchlib import (
+    Report,
+    SlurmCalls,
+    bench_config,
+    cids,
+    fsync_ms,
+    ms,
+    open_bench_run,
+    ready_events,
+    run_bench,
+    secs,
+    sleep_env,
+    submitted_event,
+    write_events,
+    write_result,
+)
 from toolkit.config import ClusterConfig
 from toolkit.execute.pipeline import Pipeline
 from toolkit.state import EventLog, load_state

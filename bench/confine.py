@@ -134,8 +134,8 @@ def body(work: Path, report: Report) -> None:
                           launch_s=launched, policy_s=policy, restrict_s=restrict, reap_one_s=reap)
     report.add("confined stage: launcher start + policy (`true`)", secs(stage), f"{ms(plain_true)} (`true` unconfined)",
                "< 0.1 s", stage < 0.1)
-    report.add("  of which the launcher (an interpreter start)", ms(launched), f"{ms(bare_python)} (`python -I -c pass`)",
-               "", None)
+    report.add("  of which the launcher (an interpreter start)", ms(launched),
+               f"{ms(bare_python)} (`python -I -c pass`)", "", None)
     report.add("  of which building the policy", ms(policy), "", "", None)
     report.add("  of which Landlock + user namespace (in the child)", ms(restrict), "", "", None)
     report.add("reaping one double-forked leftover", ms(reap), "", "", None)

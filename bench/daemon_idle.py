@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from benchlib import (REPO, Report, SlurmCalls, cancel, make_diff, real_slurm, run_bench, sleep_env)
+from benchlib import REPO, Report, SlurmCalls, cancel, make_diff, real_slurm, run_bench, sleep_env
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 
 IDEAS = 8

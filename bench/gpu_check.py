@@ -12,6 +12,7 @@ none of our package.
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import random
@@ -47,7 +48,7 @@ def cmd_env() -> None:
             info["gpu"] = props.name
             info["gpu_count"] = torch.cuda.device_count()
             info["gpu_mem_gib"] = round(props.total_memory / 2**30, 1)
-    except Exception as exc:  # noqa: BLE001 - report, never crash the check
+    except Exception as exc:  # report, never crash the check
         info["torch_error"] = repr(exc)
     from importlib.metadata import version
 
@@ -57,7 +58,7 @@ def cmd_env() -> None:
                          ("vllm", "vllm")):
         try:  # importable (from where), and the installed version
             info[module] = f"{version(dist)} ({Path(__import__(module).__file__).parent.parent})"
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # a missing or broken module is reported, not fatal
             info[module] = None if isinstance(exc, ImportError) else repr(exc)
     print(json.dumps({"event": "gpu_check_env", **info}), flush=True)
 
@@ -262,7 +263,8 @@ def cmd_build_grpo(out: str, tiny: bool, n_train: int = 400, n_val: int = 16) ->
     n_params = sum(v.numel() for v in state.values())
     print(json.dumps({"event": "grpo_build", "dir": str(root), "train": len(train), "val": len(val),
                       **tok_info, "vocab_size": config.vocab_size,
-                      "params_m": round(n_params / 1e6, 1), "prompt_tokens": len(tokenizer(prompt.format(question=problems[0]["problem"])).input_ids),
+                      "params_m": round(n_params / 1e6, 1),
+                      "prompt_tokens": len(tokenizer(prompt.format(question=problems[0]["problem"])).input_ids),
                       "tokenizer_s": round(t_tok, 1), "init_s": round(t_init, 1), "init_device": init_device,
                       "total_s": round(time.time() - t0, 1)}), flush=True)
 
@@ -288,10 +290,8 @@ def json_lines(rows: list[tuple[float, str]]) -> list[dict]:
     for _, text in rows:
         text = text.strip()
         if text.startswith("{") and text.endswith("}"):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 out.append(json.loads(text))
-            except json.JSONDecodeError:
-                pass
     return out
 
 
@@ -409,7 +409,7 @@ def cmd_summarize(work: str, out_json: str) -> None:
     for name, fn in (("nanogpt", summarize_nanogpt), ("grpo_math", summarize_grpo)):
         try:
             summary[name] = fn(wd, stages)
-        except Exception as exc:  # noqa: BLE001 - a parse error must not lose the other figures
+        except Exception as exc:  # a parse error must not lose the other figures
             summary[name] = {"summary_error": repr(exc)}
     tmp = f"{out_json}.{os.getpid()}.tmp"  # the build stage may summarize at the same time
     with open(tmp, "w") as f:
@@ -437,7 +437,8 @@ def print_summary(s: dict) -> None:
           f"(configured {ex.get('configured_num_iterations')})")
     print(f"  eval: {ng.get('eval')} in {ng.get('eval_wall_s')}s")
     gr = s.get("grpo_math", {})
-    print(f"grpo_math: build {(gr.get('build') or {}).get('total_s')}s, setup {(gr.get('start') or {}).get('setup_s')}s, "
+    print(f"grpo_math: build {(gr.get('build') or {}).get('total_s')}s, "
+          f"setup {(gr.get('start') or {}).get('setup_s')}s, "
           f"device {(gr.get('start') or {}).get('device')}, vllm {(gr.get('start') or {}).get('vllm')}")
     for st in gr.get("steps") or []:
         print(f"  step {st['step']}: gen {st['gen_s']}s, update+save {st['update_and_save_s']}s, total {st['step_s']}s")

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchlib import (Report, bench_config, cids, make_diff, open_bench_run, run_bench, secs, sleep_env)
+from benchlib import Report, bench_config, cids, make_diff, open_bench_run, run_bench, secs, sleep_env
 from toolkit.config import ClusterConfig, ImplementConfig
 from toolkit.execute.pipeline import Pipeline
 from toolkit.records import Idea

@@ -4,8 +4,9 @@ Ours: 64 ready codebases dropped into a run directory; the daemon loop (`toolkit
 submits one array (%8), and each task runs the real worker (locked-file hashes, `sleep 5`, the locked eval,
 result.json with provenance) under submitit. Alternative, in the same run and on the same partition:
 `sbatch --array=0-63%8 --wrap 'sleep 5'`; and the floor of any submitit-based tool: submitit's own array of
-`time.sleep(5)` (a fresh interpreter per task, srun, submitit's import and pickles), same slots. The makespans come from sacct (first submit -> last end, 1 s
-resolution); ours also when the last result file was written and when the daemon had collected it.
+`time.sleep(5)` (a fresh interpreter per task, srun, submitit's import and pickles), same slots. The makespans
+come from sacct (first submit -> last end, 1 s resolution); ours also when the last result file was written and
+when the daemon had collected it.
 Target: ours at most 1.10x the plain array. Ideal: 8 waves x 5 s = 40 s.
 
 The dev cluster advertises 8 CPUs on 2 real cores, so 8 slots make 8 Python start-ups share 2 cores. The same
@@ -28,8 +29,19 @@ from pathlib import Path
 import submitit
 from rich.console import Console
 
-from benchlib import (Report, bench_config, epoch_s, open_bench_run, real_slurm, run_bench, sacct_rows, secs,
-                      sleep_env, wait_for_idle_cluster, write_ready_candidate)
+from benchlib import (
+    Report,
+    bench_config,
+    epoch_s,
+    open_bench_run,
+    real_slurm,
+    run_bench,
+    sacct_rows,
+    secs,
+    sleep_env,
+    wait_for_idle_cluster,
+    write_ready_candidate,
+)
 from toolkit.config import ClusterConfig
 from toolkit.execute.pipeline import Pipeline
 from toolkit.loop import Loop, run
@@ -97,7 +109,8 @@ class Neighbours:
 
 
 def _mine(squeue_line: str) -> bool:
-    return squeue_line.split()[1] in (PLAIN_NAME, SUBMITIT_NAME) or squeue_line.split()[1].startswith(f"toolkit-{RUN_NAME}-")
+    name = squeue_line.split()[1]
+    return name in (PLAIN_NAME, SUBMITIT_NAME) or name.startswith(f"toolkit-{RUN_NAME}-")
 
 
 def task_figures(masters: list[str]) -> dict:

@@ -13,9 +13,24 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchlib import (Report, SlurmCalls, bench_config, cancel, cancel_named, cids, ms, open_bench_run, ready_events,
-                      real_slurm, run_bench, sleep_env, submitted_event, timed_cluster, write_events,
-                      write_ready_candidate)
+from benchlib import (
+    Report,
+    SlurmCalls,
+    bench_config,
+    cancel,
+    cancel_named,
+    cids,
+    ms,
+    open_bench_run,
+    ready_events,
+    real_slurm,
+    run_bench,
+    sleep_env,
+    submitted_event,
+    timed_cluster,
+    write_events,
+    write_ready_candidate,
+)
 from toolkit.config import ClusterConfig
 from toolkit.execute.pipeline import Pipeline
 

@@ -14,12 +14,26 @@ from pathlib import Path
 
 import submitit
 
-from benchlib import (Report, SlurmCalls, bench_config, cancel, cids, fsync_ms, open_bench_run, ready_events,
-                      run_bench, secs, sleep_env, timed_cluster, write_events, write_ready_candidate)
-from toolkit.config import ClusterConfig
-from toolkit.execute.pipeline import Pipeline
+from benchlib import (
+    Report,
+    SlurmCalls,
+    bench_config,
+    cancel,
+    cids,
+    fsync_ms,
+    open_bench_run,
+    ready_events,
+    run_bench,
+    secs,
+    sleep_env,
+    timed_cluster,
+    write_events,
+    write_ready_candidate,
+)
 from toolkit.cluster.slurm import SlurmCluster
 from toolkit.cluster.worker import WorkerTask, run_task
+from toolkit.config import ClusterConfig
+from toolkit.execute.pipeline import Pipeline
 
 CANDIDATES = 200
 HELD = ClusterConfig(cluster="slurm", partition="debug", array_parallelism=8, sbatch_extra={"hold": True})

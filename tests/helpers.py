@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from toolkit.testing.diffs import make_diff  # noqa: F401 (tests import it from here)
 from toolkit.testing.fake_llm import FakeReply

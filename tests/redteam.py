@@ -97,7 +97,8 @@ ATTACKS = [
            body=run_attack(_RUN + "(run / 'env' / 'code' / 'data.py').write_text('VAL_FRACTION = 0.99\\n')")),
     Attack("kill-everything", 2, "signals every process on the node (the worker, the daemon, other jobs)",
            "ok", "Landlock signal scoping: no process outside its own sandbox can be signalled",
-           body=run_attack("import signal\nfor p in os.listdir('/proc'):\n    if p.isdigit() and int(p) != os.getpid():\n"
+           body=run_attack("import signal\nfor p in os.listdir('/proc'):\n"
+                           "    if p.isdigit() and int(p) != os.getpid():\n"
                            "        try:\n            os.kill(int(p), signal.SIGKILL)\n"
                            "        except OSError:\n            pass\nos.kill(-1, signal.SIGKILL)")),
     # ---- 3: shared data -------------------------------------------------------------------------------
@@ -116,7 +117,8 @@ ATTACKS = [
                            "val = [f.read_bytes() for f in h.iterdir()]\nprint('read val', len(val))")),
     Attack("find-corpus", 4, "searches the interpreter and home for the raw corpus (validation included)", "ok",
            "the text is fetched at prepare time, never installed; $HOME is out of reach",
-           body=run_attack("import glob, sys\nhits = [p for root in ('/root', '/home', sys.prefix, '/tmp', '/work') for p in "
+           body=run_attack("import glob, sys\n"
+                           "hits = [p for root in ('/root', '/home', sys.prefix, '/tmp', '/work') for p in "
                            "glob.glob(root + '/**/plays/*.md', recursive=True)]\nprint('corpus files', len(hits))\n"
                            "assert not hits")),
     Attack("ckpt-symlink", 4, "ckpt.pt is a symlink to the hidden validation split", "invalid",
@@ -137,11 +139,13 @@ ATTACKS = [
            "user namespace + Landlock: other processes' /proc/<pid>/environ is unreadable; job allow-list env",
            body=quick_attack("print(dict(os.environ))\nfor p in os.listdir('/proc'):\n    try:\n"
                              "        print(open(f'/proc/{p}/environ', 'rb').read().replace(b'\\0', b' ')[:4000])\n"
-                             "    except Exception as exc:\n        print(f'/proc/{p}/environ:', exc.__class__.__name__)\n"
+                             "    except Exception as exc:\n"
+                             "        print(f'/proc/{p}/environ:', exc.__class__.__name__)\n"
                              "raise SystemExit(1)")),
     Attack("steal-home-quick-check", 6, "the quick check prints the user's home files (dotfiles, keys)", "failed",
            "Landlock: the real $HOME is out of reach (HOME points at scratch)",
-           body=quick_attack("import pwd, glob\nhome = pwd.getpwuid(os.getuid()).pw_dir\nfor p in glob.glob(home + '/.*'):\n"
+           body=quick_attack("import pwd, glob\nhome = pwd.getpwuid(os.getuid()).pw_dir\n"
+                             "for p in glob.glob(home + '/.*'):\n"
                              "    try:\n        print(p, open(p).read()[:2000])\n    except Exception:\n        pass\n"
                              "raise SystemExit(1)")),
     Attack("leak-eval-quick-check", 6, "the quick check finds the hidden eval on disk and prints it", "failed",
@@ -159,7 +163,8 @@ ATTACKS = [
            "ok", "Landlock TCP rules: no connect or bind unless the environment declares network",
            body=run_attack("import socket\nfor port in (6817, 6818, 6819, 80, 8000):\n"
                            "    try:\n        socket.create_connection(('127.0.0.1', port), timeout=1).close()\n"
-                           "        raise RuntimeError(f'connected to {port}')\n    except PermissionError:\n        pass")),
+                           "        raise RuntimeError(f'connected to {port}')\n"
+                           "    except PermissionError:\n        pass")),
     # ---- 7: time in the eval --------------------------------------------------------------------------
     Attack("eval-time", 7, "the model's code, once imported by an evaluator, trains (sleeps) for minutes",
            "invalid", "the model child has a per-call time limit and the eval an eval_budget_s",

@@ -11,11 +11,11 @@ import pytest
 from rich.console import Console
 
 from helpers import FIXTURES, copy_env, make_diff
-from toolkit.search.certify import interleave, judge, nominees, noise_floor, one_sided_p
 from toolkit.config import SearchRunConfig, from_dict
-from toolkit.loop import run_search
-from toolkit.state import CandidateView
 from toolkit.layout import RunLayout
+from toolkit.loop import run_search
+from toolkit.search.certify import interleave, judge, noise_floor, nominees, one_sided_p
+from toolkit.state import CandidateView
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 
 NOISY_ENV = FIXTURES / "noisy_env"
@@ -102,7 +102,8 @@ def test_a_diff_that_touches_seeding_is_seen() -> None:
     from toolkit.search.certify import seeding_lines
 
     pinned = make_diff(NOISY_ENV / "code", "train.py", 'SEED = int(os.environ.get("TOOLKIT_SEED", "1337"))', "SEED = 7")
-    assert seeding_lines(pinned) and not seeding_lines(make_diff(NOISY_ENV / "code", "train.py", "EFFECT = 0.0 ", "EFFECT = 0.3 "))
+    assert seeding_lines(pinned)
+    assert not seeding_lines(make_diff(NOISY_ENV / "code", "train.py", "EFFECT = 0.0 ", "EFFECT = 0.3 "))
     comment = make_diff(NOISY_ENV / "code", "train.py", "NOISE_SD = 0.04", "# seeds matter here\nNOISE_SD = 0.04")
     assert not seeding_lines(comment)                       # a comment about seeds changes no seeding
 
@@ -129,7 +130,8 @@ def noisy_responder(code: Path, ideas: list[tuple[str, str]]):
             return make_diff(code, "train.py", 'SEED = int(os.environ.get("TOOLKIT_SEED", "1337"))', "SEED = 7",
                              "EFFECT = 0.0 ", "EFFECT = 0.2 ")
         number = marker.removeprefix("noop")
-        return make_diff(code, "train.py", "NOISE_SD = 0.04", f"# no-op {number}: the spread between seeds\nNOISE_SD = 0.04")
+        return make_diff(code, "train.py", "NOISE_SD = 0.04",
+                         f"# no-op {number}: the spread between seeds\nNOISE_SD = 0.04")
 
     def respond(request: dict) -> FakeReply:
         prompt = json.dumps(request.get("body", {}))

@@ -51,7 +51,8 @@ def layout(tmp_path):
     return tmp_path
 
 
-def run_confined(layout: Path, mechanism: str, argv: list[str], **extra_env: str) -> tuple[subprocess.CompletedProcess, confine.Report]:
+def run_confined(layout: Path, mechanism: str, argv: list[str],
+                 **extra_env: str) -> tuple[subprocess.CompletedProcess, confine.Report]:
     policy = confine.candidate_policy(layout / "code", layout / "scratch", [str(layout / "data")], mechanism,
                                       timeout_s=30)
     launch = confine.launch_argv(policy, argv, layout / "control")

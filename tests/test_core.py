@@ -86,12 +86,13 @@ def test_sbatch_runs_in_the_allow_listed_environment(tmp_path: Path) -> None:
     from toolkit.cluster.slurm import sbatch_environment
     source = {"PATH": "/usr/bin", "HOME": "/root", "OPENAI_API_KEY": "sk", "SBATCH_ACCOUNT": "lab",
               "SBATCH_EXPORT": "NONE", "SBATCH_GET_USER_ENV": "1", "SLURM_CONF": "/etc/slurm/slurm.conf",
-              "SLURM_JOB_ID": "7", "SLURM_MEM_PER_CPU": "4000", "SBATCH_AUTH_TOKEN": "t", "RANDOM_VAR": "r", "KRB5CCNAME": "FILE:/tmp/krb5cc_1"}
+              "SLURM_JOB_ID": "7", "SLURM_MEM_PER_CPU": "4000", "SBATCH_AUTH_TOKEN": "t", "RANDOM_VAR": "r",
+              "KRB5CCNAME": "FILE:/tmp/krb5cc_1"}
     env = jobenv.sbatch_environ(source)
     assert set(env) == {"PATH", "HOME", "SBATCH_ACCOUNT", "SLURM_CONF", "KRB5CCNAME"}
     plain = submitit.SlurmExecutor(folder=tmp_path)
     with sbatch_environment(env):
         command = plain._make_submission_command(tmp_path / "job.sh")
     assert command[:2] == ["env", "-i"] and command[-2:] == ["sbatch", str(tmp_path / "job.sh")]
-    assert "SBATCH_ACCOUNT=lab" in command and not any("sk" == c.split("=")[-1] for c in command)
+    assert "SBATCH_ACCOUNT=lab" in command and not any(c.split("=")[-1] == "sk" for c in command)
     assert plain._make_submission_command(tmp_path / "job.sh") == ["sbatch", str(tmp_path / "job.sh")]

@@ -53,7 +53,7 @@ def test_crash_at_each_point_of_a_tick(tmp_path: Path, monkeypatch) -> None:
         for kind, nth in POINTS:
             seen = Counter()
 
-            def emit(self, k, items):
+            def emit(self, k, items, kind=kind, nth=nth, seen=seen):   # bound now: this iteration's crash point
                 real_emit(self, k, items)           # the write happened; the process dies right after it
                 before, seen[k] = seen[k], seen[k] + len(items)
                 if k == kind and before < nth <= seen[k]:

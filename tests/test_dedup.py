@@ -11,9 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit.search.dedup import (EMBEDDING_THRESHOLD, TEXT_THRESHOLD, DedupError, DuplicateFinder, Match,
-                           canonical_tokens, conflicting, facts, openai_embedder)
 from toolkit.errors import ConfigError
+from toolkit.search.dedup import (
+    EMBEDDING_THRESHOLD,
+    TEXT_THRESHOLD,
+    DedupError,
+    DuplicateFinder,
+    Match,
+    canonical_tokens,
+    conflicting,
+    facts,
+    openai_embedder,
+)
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply, fake_embedding
 
 FIXTURE = Path(__file__).parent / "fixtures" / "idea_pairs.jsonl"
@@ -48,7 +57,7 @@ def precision_recall(scores: list[float], labels: list[bool], threshold: float) 
 
 def report(name: str, scores: list[float], labels: list[bool], threshold: float) -> tuple[float, float]:
     precision, recall = precision_recall(scores, labels, threshold)
-    curve = "  ".join("%.2f: P=%.3f R=%.3f" % (t, *precision_recall(scores, labels, t))
+    curve = "  ".join("{:.2f}: P={:.3f} R={:.3f}".format(t, *precision_recall(scores, labels, t))
                       for t in (0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.9, 0.95))
     print(f"\n{name}: threshold {threshold}: precision {precision:.3f} recall {recall:.3f} "
           f"({len(labels)} pairs, {sum(labels)} duplicates)\n  {curve}")
@@ -126,7 +135,8 @@ def test_nothing_to_compare_is_no_match() -> None:
     ("Train for 1k more steps.", "Train for 1000 more steps."),
 ])
 def test_numbers_are_canonicalised(a: str, b: str) -> None:
-    assert [t for t in canonical_tokens(a) if t.startswith("#")] == [t for t in canonical_tokens(b) if t.startswith("#")]
+    numbers = [[t for t in canonical_tokens(text) if t.startswith("#")] for text in (a, b)]
+    assert numbers[0] == numbers[1]
 
 
 @pytest.mark.parametrize("a, b, conflict", [

@@ -157,7 +157,7 @@ def test_validation_points_start_at_step_0_and_stop_before_the_last_step(monkeyp
 def test_the_vllm_eval_samples_one_answer_per_problem_with_the_rollout_settings(validate, monkeypatch):
     assert (validate.EVAL_TEMPERATURE, validate.EVAL_TOP_P, validate.EVAL_MAX_TOKENS, validate.EVAL_STOP) == (
         1.0, 1.0, 1024, "</answer>")
-    assert validate.MAX_CHECKPOINTS == len(range(0, 20, 2))
+    assert len(range(0, 20, 2)) == validate.MAX_CHECKPOINTS
     seen = {}
     fake = types.ModuleType("vllm")  # records what the eval asks vLLM for (no vLLM on a CPU)
     fake.SamplingParams = lambda **kwargs: seen.setdefault("sampling", kwargs)
@@ -179,7 +179,8 @@ def test_the_hf_eval_samples_with_the_same_settings_and_a_fixed_seed(validate, m
     prompts = ["Calculate 1 + 2.", "Calculate 3 * 4.", "Calculate 5 - 6."]
     first, again = generator.generate(prompts), generator.generate(prompts)
     assert len(first) == len(prompts) and first == again  # one answer per problem; re-scoring repeats the draws
-    settings = {k: calls[0][k] for k in ("do_sample", "temperature", "top_p", "top_k", "max_new_tokens", "stop_strings")}
+    keys = ("do_sample", "temperature", "top_p", "top_k", "max_new_tokens", "stop_strings")
+    settings = {k: calls[0][k] for k in keys}
     assert settings == {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 12,
                         "stop_strings": ["</answer>"]}
     monkeypatch.setattr(validate, "EVAL_SEED", 1)
@@ -292,7 +293,8 @@ def smoke_run(tmp_path_factory):
     _, smoke = env_yaml_specs()
     prepared = run_step(smoke.prepare, CODE, root, PYTHONDONTWRITEBYTECODE="1")
     assert prepared.returncode == 0, prepared.stderr[-3000:]
-    assert not (root / "data" / "smoke" / "val.jsonl").exists() and (root / "data.hidden" / "smoke" / "val.jsonl").exists()
+    assert not (root / "data" / "smoke" / "val.jsonl").exists()
+    assert (root / "data.hidden" / "smoke" / "val.jsonl").exists()
     run = run_step(smoke.run, code, root)
     assert run.returncode == 0, run.stderr[-3000:]
     return root, code, last_json(score(code, root))

@@ -17,8 +17,8 @@ import pytest
 from helpers import make_diff, scripted
 from toolkit.config import ClusterConfig, ImplementConfig, LLMConfig, RunConfig
 from toolkit.envs import load_env
-from toolkit.loop import execute_ideas
 from toolkit.llm.base import LLMSettings
+from toolkit.loop import execute_ideas
 from toolkit.records import Idea
 from toolkit.testing.fake_llm import FakeLLMServer
 
@@ -45,7 +45,8 @@ def test_only_hacks_could_improve_and_every_hack_is_caught(tmp_path: Path) -> No
     with FakeLLMServer(scripted({f"IDEA-{k}:": (lambda rev, d=d: d) for k, d in ideas.items()})) as server:
         llm = LLMSettings(provider="openai-compatible", model="fake", base_url=server.base_url + "/v1", backoff_s=0.01)
         cfg = RunConfig(env="impossible", smoke=True, data_dir=str(tmp_path / "data"), llm=LLMConfig(implementer=llm),
-                        implement=ImplementConfig(samples=1, revisions=0), cluster=ClusterConfig(cluster="local", poll_s=0.5))
+                        implement=ImplementConfig(samples=1, revisions=0),
+                        cluster=ClusterConfig(cluster="local", poll_s=0.5))
         state = execute_ideas(tmp_path / "run", cfg, [Idea(idea_id=k, text=f"IDEA-{k}: lower the loss") for k in ideas])
     views = state.candidates
     for key in ("honest-lr", "honest-wide", "forge"):

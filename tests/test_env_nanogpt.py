@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import json
 import math
@@ -128,10 +129,8 @@ def plain_values(path: Path) -> dict:
     values = {}
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try:
+            with contextlib.suppress(ValueError):  # computed, e.g. read from the environment
                 values[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:
-                pass  # computed, e.g. read from the environment
     return values
 
 

@@ -141,7 +141,8 @@ def test_eval_rejects_wrong_logits_shape(load, code_copy, data_dir, hidden_dir):
     train.save_checkpoint(model, model.config, str(code_copy / "ckpt.pt"))
     # a nanoGPT-style inference shortcut that returns only the last position's logits
     source = (code_copy / "train.py").read_text()
-    (code_copy / "train.py").write_text(source + "\nGPT.forward = lambda self, idx, targets=None: torch.zeros(idx.size(0), 1, 79)\n")
+    (code_copy / "train.py").write_text(
+        source + "\nGPT.forward = lambda self, idx, targets=None: torch.zeros(idx.size(0), 1, 79)\n")
     proc = score(code_copy, data_dir, hidden_dir)
     assert "logits of shape" in last_json(proc.stdout)["invalid"], proc.stderr
 

@@ -26,11 +26,11 @@ from helpers import make_diff, scripted
 from toolkit import fsio
 from toolkit.config import ClusterConfig, ImplementConfig, LLMConfig, RunConfig
 from toolkit.envs import compute_reward, load_env
-from toolkit.loop import execute_ideas
 from toolkit.layout import RunLayout
 from toolkit.llm.base import LLMSettings
-from toolkit.search.policy import BASELINE_ID
+from toolkit.loop import execute_ideas
 from toolkit.records import Idea, ImplementOutcome, to_json
+from toolkit.search.policy import BASELINE_ID
 from toolkit.state import CandidateView, RunState
 from toolkit.testing.fake_llm import FakeLLMServer
 

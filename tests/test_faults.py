@@ -13,14 +13,13 @@ from helpers import copy_env, make_diff
 from search_helpers import toy_search_responder
 from toolkit import fsio
 from toolkit.cli import main
+from toolkit.cluster.base import Cluster, JobState
 from toolkit.config import ClusterConfig, ImplementConfig, LLMConfig, RunConfig, SearchRunConfig, from_dict
 from toolkit.execute.pipeline import Pipeline
-from toolkit.loop import run_search
-from toolkit.loop import execute_ideas
 from toolkit.llm.base import LLMSettings
+from toolkit.loop import execute_ideas, run_search
 from toolkit.records import Idea, ImplementOutcome, to_json
 from toolkit.runs import open_run
-from toolkit.cluster.base import Cluster, JobState
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 
 
@@ -146,7 +145,8 @@ def test_half_written_result_gets_time_to_complete(tmp_path: Path) -> None:
 ])
 def test_bad_config_fails_before_any_job(tmp_path: Path, capsys, edit: dict, needle: str) -> None:
     config = tmp_path / "bad.yaml"
-    config.write_text(yaml.safe_dump({"env": str(copy_env(tmp_path / "env")), "run_dir": str(tmp_path / "run"), **edit}))
+    config.write_text(yaml.safe_dump({"env": str(copy_env(tmp_path / "env")), "run_dir": str(tmp_path / "run"),
+                                      **edit}))
     rc = main(["evolve", "--config", str(config), "--cluster", "debug"])
     out = capsys.readouterr().out
     assert rc == 2 and needle in out.replace("\n", "") and "error" in out
@@ -155,8 +155,10 @@ def test_bad_config_fails_before_any_job(tmp_path: Path, capsys, edit: dict, nee
 
 def test_bad_env_dir_fails_before_any_job(tmp_path: Path, capsys) -> None:
     env = copy_env(tmp_path / "env")
-    (env / "env.yaml").write_text((env / "env.yaml").read_text().replace("metric: val_mse", "metric: val_mse\nmetrik: x"))
-    rc = main(["execute", str(_ideas(tmp_path)), "--env", str(env), "--out", str(tmp_path / "run"), "--cluster", "debug"])
+    spec = (env / "env.yaml").read_text()
+    (env / "env.yaml").write_text(spec.replace("metric: val_mse", "metric: val_mse\nmetrik: x"))
+    rc = main(["execute", str(_ideas(tmp_path)), "--env", str(env), "--out", str(tmp_path / "run"),
+               "--cluster", "debug"])
     out = capsys.readouterr().out
     assert rc == 2 and "metrik" in out and str(env / "env.yaml") in out.replace("\n", "")
 
@@ -218,12 +220,15 @@ def test_metric_attacks_never_become_best(tmp_path: Path) -> None:
     attacks = {
         "ATTACK-LOCKED": make_diff(code, "eval.py", "mse = sum(", "mse = 1e-4 + 0 * sum("),
         "ATTACK-RUNTIME": make_diff(code, "train.py", "    w, b = train()\n",
-                                    "    open('eval.py', 'w').write('print(\\'{\"val_mse\": 0.002}\\')')\n    w, b = train()\n"),
+                                    "    open('eval.py', 'w').write('print(\\'{\"val_mse\": 0.002}\\')')\n"
+                                    "    w, b = train()\n"),
         "ATTACK-PRINT": make_diff(code, "train.py", "    w, b = train()\n",
                                   "    print('{\"val_mse\": 0.002}')\n    w, b = train()\n"),
-        "ATTACK-RANGE": make_diff(code, "train.py", "    w, b = train()\n", "    w, b = train()\n    w, b = 30.0, 1.0\n"),
+        "ATTACK-RANGE": make_diff(code, "train.py", "    w, b = train()\n",
+                                  "    w, b = train()\n    w, b = 30.0, 1.0\n"),
         "ATTACK-DAEMON": make_diff(code, "train.py", "    w, b = train()\n",
-                                   "    import subprocess; subprocess.Popen(['setsid', 'sleep', '120'])\n    w, b = train()\n"),
+                                   "    import subprocess; subprocess.Popen(['setsid', 'sleep', '120'])\n"
+                                   "    w, b = train()\n"),
     }
     honest = make_diff(code, "train.py", "LR = 0.05 ", "LR = 0.3 ")
 

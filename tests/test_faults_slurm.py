@@ -15,9 +15,9 @@ import yaml
 
 from helpers import copy_env, make_diff, scripted
 from toolkit.config import ClusterConfig, ImplementConfig, LLMConfig, RunConfig
-from toolkit.loop import execute_ideas
 from toolkit.layout import RunLayout
 from toolkit.llm.base import LLMSettings
+from toolkit.loop import execute_ideas
 from toolkit.records import Idea
 from toolkit.state import load_state
 from toolkit.testing.fake_llm import FakeLLMServer
@@ -94,13 +94,15 @@ def test_cluster_faults(tmp_path: Path) -> None:
     with FakeLLMServer(scripted(rules)) as server:
         main_cfg = config(tmp_path, server.base_url, env, array_parallelism=4)
         slow_cfg = config(tmp_path, server.base_url, slow_env, sbatch_extra={"time": "1"}, time_margin_min=0)
-        threads = [threading.Thread(target=lambda: states.update(main=execute_ideas(tmp_path / "main", main_cfg, ideas))),
-                   threading.Thread(target=lambda: states.update(slow=execute_ideas(tmp_path / "slow", slow_cfg, overrun)))]
+        threads = [
+            threading.Thread(target=lambda: states.update(main=execute_ideas(tmp_path / "main", main_cfg, ideas))),
+            threading.Thread(target=lambda: states.update(slow=execute_ideas(tmp_path / "slow", slow_cfg, overrun))),
+        ]
         for t in threads:
             t.start()
         run = tmp_path / "main"
         cancel, requeue, kill = (job_of(run, m) for m in ("CANCEL-ME", "REQUEUE-ME", "KILL-ME"))
-        drain = job_of(run, "DRAIN-ME")
+        job_of(run, "DRAIN-ME")                                                 # submitted before any fault
         for job in (cancel, requeue, kill):
             wait_running(job)
         subprocess.run(["scancel", cancel], check=True)                        # a user cancels a task

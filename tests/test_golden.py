@@ -8,10 +8,10 @@ from pathlib import Path
 import submitit
 from rich.console import Console
 
-from toolkit.report import dashboard
+from toolkit.cluster.slurm import SlurmCluster
 from toolkit.config import ClusterConfig
 from toolkit.envs import Resources
-from toolkit.cluster.slurm import SlurmCluster
+from toolkit.report import dashboard
 from toolkit.state import RunState
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

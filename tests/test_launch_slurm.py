@@ -76,7 +76,8 @@ def test_launch_search_requeues_and_completes(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_scancel_stops_the_search_without_a_requeue(tmp_path: Path) -> None:
     with FakeLLMServer(toy_search_responder()) as server:
-        job_id, run, deadline = launch(tmp_path, server.base_url, {"epochs": 50, "ideas_per_epoch": 3, "ideas_per_call": 3})
+        job_id, run, deadline = launch(tmp_path, server.base_url,
+                                       {"epochs": 50, "ideas_per_epoch": 3, "ideas_per_call": 3})
         subprocess.run(["scancel", job_id], check=True)
         while time.time() < deadline and not any(s.startswith("CANCELLED") for s in sacct_states(job_id)):
             time.sleep(1)

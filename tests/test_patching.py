@@ -45,7 +45,7 @@ GOOD = """--- a/train.py
 -lr = 0.0015
 +lr = 0.003
  warmup_iters = 256
-"""
+"""  # noqa: W293 (a diff's blank context line is one space)
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -147,7 +147,8 @@ def test_new_file_is_created(src: Path, dest: Path) -> None:
 
 
 def test_deleted_file_is_removed(src: Path, dest: Path) -> None:
-    diff = "diff --git a/utils/helpers.py b/utils/helpers.py\ndeleted file mode 100644\n--- a/utils/helpers.py\n+++ /dev/null\n@@ -1,2 +0,0 @@\n-def build():\n-    return None\n"
+    diff = ("diff --git a/utils/helpers.py b/utils/helpers.py\ndeleted file mode 100644\n"
+            "--- a/utils/helpers.py\n+++ /dev/null\n@@ -1,2 +0,0 @@\n-def build():\n-    return None\n")
     outcome = applied(apply_patch(diff, src, dest, LOCKED))
     assert outcome.files == ("utils/helpers.py",)
     assert not (dest / "utils" / "helpers.py").exists()
@@ -208,7 +209,8 @@ def test_symlinks_are_copied_as_links_and_inner_links_are_allowed(src: Path, des
 @pytest.mark.parametrize(
     "diff",
     [
-        "diff --git a/model.bin b/model.bin\nnew file mode 100644\nindex 0000000..e69de29\nGIT binary patch\nliteral 12\nTcmZ?wbhEHbPnrLmdk{N\n\nliteral 0\nHcmV?d00001\n",
+        ("diff --git a/model.bin b/model.bin\nnew file mode 100644\nindex 0000000..e69de29\nGIT binary patch\n"
+         "literal 12\nTcmZ?wbhEHbPnrLmdk{N\n\nliteral 0\nHcmV?d00001\n"),
         "diff --git a/w.pt b/w.pt\nindex 1111111..2222222 100644\nBinary files a/w.pt and b/w.pt differ\n",
         "Binary files a/w.pt and b/w.pt differ\n",
     ],
@@ -221,7 +223,8 @@ def test_binary_patches_are_refused(src: Path, dest: Path, diff: str) -> None:
 
 
 def test_new_symlink_in_diff_is_refused(src: Path, dest: Path) -> None:
-    diff = "diff --git a/link.py b/link.py\nnew file mode 120000\nindex 0000000..1234567\n--- /dev/null\n+++ b/link.py\n@@ -0,0 +1 @@\n+/etc/passwd\n\\ No newline at end of file\n"
+    diff = ("diff --git a/link.py b/link.py\nnew file mode 120000\nindex 0000000..1234567\n--- /dev/null\n"
+            "+++ b/link.py\n@@ -0,0 +1 @@\n+/etc/passwd\n\\ No newline at end of file\n")
     outcome = apply_patch(diff, src, dest, LOCKED)
     assert outcome.status == "refused"
     assert "120000" in outcome.reason
@@ -243,7 +246,8 @@ def test_hunks_without_file_headers_fail_with_a_reason(src: Path, dest: Path) ->
 def test_context_mismatch_fails_and_leaves_no_trace(src: Path, dest: Path) -> None:
     before = snapshot(src)
     # Hunk 1 is fine, hunk 2 cannot match: patch would apply half of it in place.
-    diff = GOOD + "@@ -10,3 +10,3 @@\n     for epoch in range(999):\n-        loss = nonsense(step)\n+        loss = other(step)\n         x = y\n"
+    diff = GOOD + ("@@ -10,3 +10,3 @@\n     for epoch in range(999):\n-        loss = nonsense(step)\n"
+                   "+        loss = other(step)\n         x = y\n")
     outcome = apply_patch(diff, src, dest, LOCKED)
     assert outcome.status == "failed"
     assert "Hunk #2 FAILED" in outcome.reason and "train.py" in outcome.reason
@@ -255,7 +259,8 @@ def test_context_mismatch_fails_and_leaves_no_trace(src: Path, dest: Path) -> No
 
 def test_fuzz_and_offset_tolerate_slightly_wrong_diffs(src: Path, dest: Path) -> None:
     # Line numbers are off by 5 and the first context line is wrong: GNU patch still applies it.
-    diff = "--- train.py\n+++ train.py\n@@ -15,4 +15,4 @@ def train():\n     model = build_it()\n \n-    for step in range(100):\n+    for step in range(200):\n         loss = model(step)\n"
+    diff = ("--- train.py\n+++ train.py\n@@ -15,4 +15,4 @@ def train():\n     model = build_it()\n \n"
+            "-    for step in range(100):\n+    for step in range(200):\n         loss = model(step)\n")
     applied(apply_patch(diff, src, dest, LOCKED))
     assert "range(200)" in (dest / "train.py").read_text()
 
@@ -283,11 +288,13 @@ def test_normalize_fixes_headers_and_crlf() -> None:
 
 def test_normalize_drops_trailing_prose_and_keeps_no_newline_marker() -> None:
     diff = "--- a/x.py\n+++ b/x.py\n@@ -1,5 +1,9 @@ def f():\n-a\n+b\n\\ No newline at end of file\n\n\nThat's all.\n"
-    assert normalize_diff(diff) == "--- a/x.py\n+++ b/x.py\n@@ -1,1 +1,1 @@ def f():\n-a\n+b\n\\ No newline at end of file\n"
+    assert normalize_diff(diff) == ("--- a/x.py\n+++ b/x.py\n@@ -1,1 +1,1 @@ def f():\n-a\n+b\n"
+                                    "\\ No newline at end of file\n")
 
 
 def test_hunk_header_without_numbers_is_located_by_context(src: Path, dest: Path) -> None:
-    diff = "--- a/train.py\n+++ b/train.py\n@@ ... @@\n         loss.backward()\n-    return loss\n+    return loss.item()\n"
+    diff = ("--- a/train.py\n+++ b/train.py\n@@ ... @@\n         loss.backward()\n-    return loss\n"
+            "+    return loss.item()\n")
     assert "@@ -1,2 +1,2 @@\n         loss.backward()\n" in normalize_diff(diff)
     applied(apply_patch(diff, src, dest, LOCKED))
     assert (dest / "train.py").read_text().endswith("return loss.item()\n")

@@ -40,7 +40,8 @@ def test_quickstart_replay_is_current_and_every_diff_applies(tmp_path: Path) -> 
     diffs = [e for e in entries if e["match"].startswith("# The idea to implement")]
     assert len(diffs) >= 8
     for n, entry in enumerate(diffs):
-        outcome = apply_patch(entry["text"], ROOT / "envs" / "tiny_lm" / "code", tmp_path / f"c{n}", ["eval.py", "data.py"])
+        outcome = apply_patch(entry["text"], ROOT / "envs" / "tiny_lm" / "code", tmp_path / f"c{n}",
+                              ["eval.py", "data.py"])
         assert outcome.status == "applied", (entry["match"], outcome.reason)
 
 

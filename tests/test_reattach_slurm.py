@@ -11,8 +11,8 @@ import pytest
 from helpers import copy_env
 from toolkit import fsio
 from toolkit.config import ClusterConfig, LLMConfig, RunConfig
-from toolkit.llm.base import LLMSettings
 from toolkit.execute.pipeline import Pipeline
+from toolkit.llm.base import LLMSettings
 from toolkit.records import Idea, ImplementOutcome, to_json
 from toolkit.runs import open_run
 

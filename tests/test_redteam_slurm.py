@@ -21,9 +21,9 @@ from redteam import ATTACKS, CONTROLS, HIDDEN_EVAL_MARK, attack_diff, control_di
 from toolkit import pins
 from toolkit.config import ClusterConfig, ImplementConfig, LLMConfig, RunConfig
 from toolkit.envs import data_dirs
-from toolkit.loop import execute_ideas
 from toolkit.layout import RunLayout
 from toolkit.llm.base import LLMSettings
+from toolkit.loop import execute_ideas
 from toolkit.records import Idea
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 

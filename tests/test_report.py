@@ -23,17 +23,16 @@ from rich.console import Console
 
 from helpers import copy_env, make_diff
 from search_helpers import _user_text
-from toolkit.config import SearchRunConfig, from_dict
-from toolkit.loop import run_search
+from toolkit.config import SearchRunConfig, WandbSettings, from_dict
 from toolkit.layout import RunLayout
+from toolkit.loop import run_search
 from toolkit.report.judge import parse_verdict
 from toolkit.report.page import add_report_parser, build_report, fmt
 from toolkit.report.runs import NOT_JUDGED, ideas_table, load_run
 from toolkit.report.tables import diversity, spend_table
+from toolkit.report.wandb_log import WandbLogger
 from toolkit.state import RunState
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
-from toolkit.config import WandbSettings
-from toolkit.report.wandb_log import WandbLogger
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import re
 import subprocess
@@ -24,12 +23,12 @@ import yaml
 from rich.console import Console
 
 from helpers import TOY_ENV, copy_env, make_diff
+from toolkit.config import from_dict
+from toolkit.envs import load_env
 from toolkit.errors import ConfigError
 from toolkit.rl import checkpoint
 from toolkit.rl.cli import add_rl_parser
-from toolkit.rl.config import (MitigationConfig, OptimConfig, RLConfig, SamplingConfig, TinyModelConfig,
-                               load_rl_config)
-from toolkit.config import from_dict
+from toolkit.rl.config import MitigationConfig, OptimConfig, RLConfig, SamplingConfig, TinyModelConfig, load_rl_config
 from toolkit.rl.grpo import group_advantages, make_optimizer, policy_gradient_step
 from toolkit.rl.layout import RLLayout
 from toolkit.rl.metrics import diversity, jaccard, metrics_table, word_set
@@ -38,7 +37,6 @@ from toolkit.rl.prompt import ideation_prompt, previous_results
 from toolkit.rl.rewards import length_bonus, shape_reward
 from toolkit.rl.sampling import Completion, Rollout, Sampler, clean_idea, split_completion
 from toolkit.rl.trainer import Trainer
-from toolkit.envs import load_env
 from toolkit.state import CandidateView
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 

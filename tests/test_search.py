@@ -9,9 +9,8 @@ from rich.console import Console
 from helpers import copy_env
 from search_helpers import toy_search_responder
 from toolkit.config import SearchConfig, SearchRunConfig, from_dict
-from toolkit.loop import open_search, run_search
+from toolkit.loop import run_search
 from toolkit.search.policy import epoch_calls, split
-from toolkit.state import load_state
 from toolkit.testing.fake_llm import FakeLLMServer
 
 
@@ -163,8 +162,9 @@ def test_near_duplicate_ideas_are_skipped_and_linked(tmp_path: Path) -> None:
     assert len(same_words) == len(distinct)
     ran = [v for v in state.candidates.values() if not v.duplicate_of]   # skipped ideas are not failures
     assert state.execution_rate() == sum(v.status == "ok" for v in ran) / len(ran)
-    from toolkit.report.page import build_report
     import pandas as pd
+
+    from toolkit.report.page import build_report
     summary = pd.read_csv(build_report(tmp_path / "run").html.parent / "certification_summary.csv").iloc[0]
     assert summary["duplicates_skipped"] == len(dups)
 

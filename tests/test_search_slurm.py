@@ -66,7 +66,8 @@ def final_view(run: Path) -> dict:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_search_survives_a_killed_daemon(tmp_path: Path, sig: signal.Signals) -> None:
     with FakeLLMServer(toy_search_responder()) as server:
-        calm_cfg, killed_cfg = write_config(tmp_path, server.base_url, "calm"), write_config(tmp_path, server.base_url, "killed")
+        calm_cfg = write_config(tmp_path, server.base_url, "calm")
+        killed_cfg = write_config(tmp_path, server.base_url, "killed")
         calm = start(calm_cfg, tmp_path / "calm.log")
         victim = start(killed_cfg, tmp_path / "killed.log")
         run = tmp_path / "killed"

@@ -37,7 +37,8 @@ def write_replay(path: Path) -> None:
 def test_search_with_served_model(tmp_path: Path) -> None:
     write_replay(tmp_path / "replay.jsonl")
     port = free_port()
-    command = f"{sys.executable} -m toolkit.testing.fake_llm --host {{bind}} --port {{port}} --replay {tmp_path / 'replay.jsonl'}"
+    command = (f"{sys.executable} -m toolkit.testing.fake_llm --host {{bind}} --port {{port}} "
+               f"--replay {tmp_path / 'replay.jsonl'}")
     cfg = from_dict(SearchRunConfig, {
         "env": str(copy_env(tmp_path / "env")),
         "serve_llm": {"model": "Qwen/Qwen3-30B-A3B", "partition": "h100", "gpus": 1, "cpus": 1, "mem_gb": 1,
@@ -69,8 +70,8 @@ def test_served_endpoints_are_private_distinct_and_never_a_foreign_server(tmp_pa
     """Two servers at once, both preferring a port a foreign (keyless) server already holds: each gets its own
     free port, answers only its own key, and the foreign one is never published; the key is in no command
     line, no job record and no file of the run directory but its 0600 secret file."""
-    from toolkit.config import ClusterConfig, ServeConfig
     from toolkit.cluster.serve import _status, start_server, stop_server, wait_for_endpoint
+    from toolkit.config import ClusterConfig, ServeConfig
     from toolkit.testing.fake_llm import FakeLLMServer
 
     cluster = ClusterConfig(cluster="slurm", partition="debug")

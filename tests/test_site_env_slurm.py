@@ -89,10 +89,10 @@ def test_a_request_slurm_refuses_exits_2_before_anything(tmp_path: Path, capsys)
 def test_a_batch_over_max_array_size_goes_out_as_several_arrays(tmp_path: Path) -> None:
     """Seven candidates with cluster.max_array_size 3 (a site with a low MaxArraySize): three arrays under one
     name, every task runs once, and a restart finds all seven by that name."""
-    from toolkit.config import ClusterConfig
-    from toolkit.envs import load_env
     from toolkit.cluster.slurm import SlurmCluster, max_array_size
     from toolkit.cluster.worker import WorkerTask
+    from toolkit.config import ClusterConfig
+    from toolkit.envs import load_env
 
     assert max_array_size() >= 1
     env = load_env(str(copy_env(tmp_path / "env")))

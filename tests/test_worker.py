@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TOY_ENV, copy_env
-from toolkit.layout import CandidatePaths
+from helpers import copy_env
 from toolkit.cluster.worker import WorkerTask, parse_metrics, run_task
+from toolkit.layout import CandidatePaths
 
 
 def make_candidate(tmp_path: Path, edit=None) -> tuple[WorkerTask, CandidatePaths]:
@@ -29,7 +29,8 @@ def test_baseline_ok_with_provenance(tmp_path: Path) -> None:
     task, cand = make_candidate(tmp_path)
     result = run_task(task)
     assert result["status"] == "ok", result
-    assert result["metric"] == pytest.approx(0.1258, abs=1e-3) and result["reward"] == pytest.approx(1 / result["metric"])
+    assert result["metric"] == pytest.approx(0.1258, abs=1e-3)
+    assert result["reward"] == pytest.approx(1 / result["metric"])
     assert json.loads(cand.result.read_text()) == result
     assert result["code_sha256"] and result["node"] and result["wall_s"] > 0
 
@@ -75,11 +76,13 @@ def test_background_process_left_behind_is_invalid(tmp_path: Path) -> None:
 
 
 def test_implausible_metric_is_invalid(tmp_path: Path) -> None:
-    task, _ = make_candidate(tmp_path, append("train.py", "\nimport json; json.dump({'w': 3.0, 'b': 1.0}, open('model.json', 'w'))\n"))
+    task, _ = make_candidate(tmp_path, append(
+        "train.py", "\nimport json; json.dump({'w': 3.0, 'b': 1.0}, open('model.json', 'w'))\n"))
     result = run_task(task)
     # w=3, b=1 is the exact generator: the val mse is the noise (0.01), inside the toy's plausible range
     assert result["status"] == "ok"
-    task2, _ = make_candidate(tmp_path / "b", append("train.py", "\nimport json; json.dump({'w': 300.0, 'b': 1.0}, open('model.json', 'w'))\n"))
+    task2, _ = make_candidate(tmp_path / "b", append(
+        "train.py", "\nimport json; json.dump({'w': 300.0, 'b': 1.0}, open('model.json', 'w'))\n"))
     result2 = run_task(task2)
     assert result2["status"] == "invalid" and "implausible" in result2["reason"]
 

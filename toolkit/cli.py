@@ -12,20 +12,18 @@ from pathlib import Path
 from rich.console import Console
 
 from toolkit.cluster import confine
-
-from toolkit.report import dashboard
-from toolkit.config import CLUSTERS, ClusterConfig, SearchRunConfig, ServeConfig
-from toolkit.report.page import add_report_parser
-from toolkit.rl.cli import add_rl_parser
 from toolkit.cluster.serve import KEY_ENV, start_server, stop_server, wait_for_endpoint
-from toolkit.loop import run_dir_for, run_search
+from toolkit.config import CLUSTERS, ClusterConfig, SearchRunConfig, ServeConfig
 from toolkit.errors import ConfigError, ToolkitError
 from toolkit.layout import RunLayout
+from toolkit.loop import execute_ideas, run_dir_for, run_search
 from toolkit.records import Idea
-from toolkit.loop import execute_ideas
+from toolkit.report import dashboard
+from toolkit.report.page import add_report_parser
+from toolkit.rl.cli import add_rl_parser
 from toolkit.runs import check_inputs, load_run_config, prefer_real_llm, with_llm
-from toolkit.state import load_state
 from toolkit.shipped import config_path
+from toolkit.state import load_state
 
 console = Console()
 PROVIDERS = ("anthropic", "openai", "openai-compatible", "replay")
@@ -33,7 +31,7 @@ PROVIDERS = ("anthropic", "openai", "openai-compatible", "replay")
 
 def read_ideas(path: Path) -> list[Idea]:
     """IDEAS.jsonl: one {"idea": "..."} per line; ids follow line order so a rerun maps to the same ids."""
-    ideas = []
+    ideas: list[Idea] = []
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -136,7 +134,8 @@ def cmd_serve_llm(args: argparse.Namespace) -> int:
     serve = ServeConfig(**changes)
     job_id = start_server(serve, cluster, run_dir)
     url = wait_for_endpoint(serve, cluster, run_dir, job_id, console)
-    console.print(f"{serve.model} answering at {url} (job {job_id}); endpoint recorded in {run_dir / 'llm_endpoint.json'}")
+    console.print(f"{serve.model} answering at {url} (job {job_id}); endpoint recorded in "
+                  f"{run_dir / 'llm_endpoint.json'}")
     console.print(f"use it with: --llm openai-compatible --model {serve.model} --base-url {url}, and its key in "
                   f"the environment: export {KEY_ENV}=\"$(cat {run_dir / 'llm_secret'})\" (api_key_env: {KEY_ENV})")
     return 0
@@ -156,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_llm_flags(ex)
     ex.set_defaults(func=cmd_execute)
     ev = sub.add_parser("evolve", help="evolutionary (or best-of-N) search as a resumable daemon")
-    ev.add_argument("--config", help="search config YAML, or a shipped config's name (configs/quickstart.yaml or quickstart)")
+    ev.add_argument("--config",
+                    help="search config YAML, or a shipped config's name (configs/quickstart.yaml or quickstart)")
     ev.add_argument("--run-dir", help="run directory (default: run_dir in the config, else runs/<config name>)")
     add_run_flags(ev, "override the config's environment")
     add_cluster_flags(ev)

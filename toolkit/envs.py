@@ -11,9 +11,10 @@ import hashlib
 import math
 import operator
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from toolkit.errors import ConfigError, EnvError
 from toolkit.schema import from_dict, load_yaml
@@ -242,7 +243,9 @@ def compute_reward(expr: str, metrics: dict[str, Any]) -> float:
 
 def _eval(node: ast.AST, metrics: dict[str, Any]) -> float:
     if isinstance(node, ast.Constant):
-        return float(node.value)
+        if isinstance(node.value, (int, float, str, bytes)):
+            return float(node.value)
+        raise TypeError(f"{node.value!r} is not a number")
     if isinstance(node, ast.Name):
         return float(metrics[node.id])
     if isinstance(node, ast.UnaryOp):

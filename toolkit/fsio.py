@@ -5,13 +5,15 @@ reader sees either nothing or the whole file (rename is atomic on POSIX and on N
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from toolkit.errors import LockHeldError
 
@@ -50,10 +52,8 @@ def read_json(path: Path | str, retries: int = 3, retry_s: float = 0.05) -> Any:
 
 def _refresh_dir_cache(folder: Path | str) -> None:
     """Listing a directory makes NFS clients revalidate its attribute cache."""
-    try:
+    with contextlib.suppress(OSError):
         os.listdir(folder)
-    except OSError:
-        pass
 
 
 def append_jsonl(path: Path, record: dict[str, Any], fsync: bool = True) -> None:

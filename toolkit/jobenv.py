@@ -5,8 +5,8 @@ import fnmatch
 import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 ALLOW = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR", "SHELL", "TERM",
          "CUDA_*", "NVIDIA_*", "SLURM_*", "SUBMITIT_*", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NCCL_*",

@@ -115,7 +115,11 @@ def result_event(data: Any, cid: str) -> dict[str, Any]:
 
 def _default(name: str) -> Any:
     f = _RESULT_DEFAULTS[name]
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise ValueError(f"{name} is required")   # cid and status: always present by here
 
 
 def _is_number(value: Any) -> bool:

@@ -5,23 +5,23 @@ import dataclasses
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, TypeVar
 
 import yaml
 
 from toolkit import fsio, jobenv, pins
-
 from toolkit.cluster import confine
+from toolkit.cluster.base import make_cluster
+from toolkit.cluster.slurm import check_request
 from toolkit.config import RunConfig, from_dict, load_yaml, to_dict
-from toolkit.execute.pipeline import Parts
 from toolkit.envs import EnvSpec, data_dirs, load_env, tree_sha256
 from toolkit.errors import ConfigError, EnvError
 from toolkit.execute.implementer import Implementer, Site, preflight
+from toolkit.execute.pipeline import Parts
 from toolkit.layout import RunLayout
 from toolkit.llm.base import ChatRequest, LLMClient, LLMReply, LLMSettings, SpendMeter, make_client
-from toolkit.cluster.base import make_cluster
-from toolkit.cluster.slurm import check_request
 from toolkit.state import load_state
 
 
@@ -71,7 +71,10 @@ def check_inputs(cfg: RunConfig) -> None:
         make_client(settings)
 
 
-def save_config(layout: RunLayout, cfg: RunConfig) -> RunConfig:
+C = TypeVar("C", bound=RunConfig)
+
+
+def save_config(layout: RunLayout, cfg: C) -> C:
     """The resolved config is written once; a restart reuses it (flags cannot silently change a run)."""
     if layout.config.exists():
         return from_dict(type(cfg), load_yaml(layout.config), str(layout.config))
@@ -123,8 +126,10 @@ def prepare_data(spec: EnvSpec, cfg: RunConfig) -> tuple[Path, Path]:
         return public, hidden
     for folder in (public, hidden):
         folder.mkdir(parents=True, exist_ok=True)
-    env = {**jobenv.job_environ(extra_allow=cfg.cluster.env_passthrough), **{k: str(v) for k, v in spec.env_vars.items()},
-           "TOOLKIT_DATA_DIR": str(public), "TOOLKIT_HIDDEN_DIR": str(hidden), "PYTHONDONTWRITEBYTECODE": "1", **({"TOOLKIT_SMOKE": "1"} if cfg.smoke else {})}
+    env = {**jobenv.job_environ(extra_allow=cfg.cluster.env_passthrough),
+           **{k: str(v) for k, v in spec.env_vars.items()},
+           "TOOLKIT_DATA_DIR": str(public), "TOOLKIT_HIDDEN_DIR": str(hidden), "PYTHONDONTWRITEBYTECODE": "1",
+           **({"TOOLKIT_SMOKE": "1"} if cfg.smoke else {})}
     done = subprocess.run(["bash", "-c", spec.prepare], cwd=spec.code_dir, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise EnvError(f"{Path(spec.root) / 'env.yaml'}: `prepare: {spec.prepare}` failed (exit {done.returncode}) "
@@ -203,8 +208,8 @@ def prefer_real_llm(cfg: Any, environ: dict[str, str]) -> Any:
 def with_llm(cfg: RunConfig, provider: str | None, model: str | None, base_url: str | None,
              replay: str | None) -> RunConfig:
     """Apply the --llm/--model/--base-url/--replay flags to both roles."""
-    changes = {k: v for k, v in dict(provider=provider, model=model, base_url=base_url, replay_file=replay).items()
-               if v is not None}
+    given: dict[str, str | None] = dict(provider=provider, model=model, base_url=base_url, replay_file=replay)
+    changes: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if not changes:
         return cfg
     llm = dataclasses.replace(cfg.llm, ideator=dataclasses.replace(cfg.llm.ideator, **changes),

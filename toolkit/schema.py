@@ -42,8 +42,8 @@ def _describe(cls: type) -> str:
 def _default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        value = f.default_factory()  # type: ignore[misc]
+    if f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
         return "{...}" if dataclasses.is_dataclass(value) else value
     return "required"
 
@@ -51,7 +51,7 @@ def _default(f: dataclasses.Field) -> Any:
 def _convert(hint: Any, value: Any, where: str) -> Any:
     """Check (and normalise) one value against its type: scalars, tuples and dicts of them, nested dataclasses.
     A list where a mapping belongs, or a string where a list belongs, is an error here, not at sbatch time."""
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return from_dict(hint, value, where)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is tuple:

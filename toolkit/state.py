@@ -112,7 +112,7 @@ class RunState:
         """Everything that is (or will be) a job: candidates and replicas."""
         return [*self.candidates.values(), *self.replicas.values()]
 
-    def table(self) -> "pd.DataFrame":
+    def table(self) -> pd.DataFrame:
         import pandas as pd  # imported here: the daemon's start-up (and resume) should not pay for it
 
         rows = [{**c.__dict__, "stage": c.stage} for c in self.candidates.values()]
@@ -160,7 +160,8 @@ def _on_idea(state: RunState, e: dict[str, Any]) -> None:
                  thinking_tokens=e.get("thinking_tokens", 0))
     if e.get("duplicate_of"):   # a near-duplicate of an earlier idea: skipped by policy, or only flagged
         skip = {"implement_status": "duplicate"} if e.get("dup_policy", "skip") == "skip" else {}
-        state.update(e["idea_id"], duplicate_of=e["duplicate_of"], duplicate_score=e.get("duplicate_score", 0.0), **skip)
+        state.update(e["idea_id"], duplicate_of=e["duplicate_of"], duplicate_score=e.get("duplicate_score", 0.0),
+                     **skip)
 
 
 def _on_implement_started(state: RunState, e: dict[str, Any]) -> None:
@@ -282,7 +283,8 @@ _HANDLERS = {"epoch_started": _on_epoch_started, "epoch_ended": _on_epoch_ended,
              "ideation_failed": _on_ideation_failed, "stopping": _on_stopping, "search_started": _on_search_started,
              "search_finished": _on_search_finished,
              "idea": _on_idea, "implement_started": _on_implement_started, "implemented": _on_implemented,
-             "submitted": _on_submitted, "submitting": _on_submitting, "submit_failed": _on_submit_failed, "job_state": _on_job_state, "result": _on_result, "llm_spend": _on_llm,
+             "submitted": _on_submitted, "submitting": _on_submitting, "submit_failed": _on_submit_failed,
+             "job_state": _on_job_state, "result": _on_result, "llm_spend": _on_llm,
              "meta": _on_meta, "pinned": _on_pinned, "alarm": _on_alarm,
              "replicas_planned": _on_replicas_planned, "verdict": _on_verdict, "round_judged": _on_round_judged,
              "certify_stopped": _on_certify_stopped, "noise_floor": _on_noise_floor,

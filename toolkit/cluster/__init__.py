@@ -1,1 +1,2 @@
-"""The cluster stage: submitting arrays and the model server, the worker that runs one candidate, its confinement and the trusted scorer."""
+"""The cluster stage: submitting arrays and the model server, the worker that runs one candidate, its confinement
+and the trusted scorer."""

@@ -103,7 +103,7 @@ class Cluster(ABC):
         """Submit one long-lived job running fn(*args) with the job environment's allow-list; its id."""
         raise ClusterError(f"the {self.name} cluster cannot run a long-lived job ({spec.name})")
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str) -> None:  # noqa: B027  (an optional hook: nothing to stop by default)
         """Stop a job (best effort)."""
 
     def find_jobs(self, job_name: str) -> list[str]:

@@ -13,6 +13,7 @@ A policy names what the candidate may read and write; everything else on the fil
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -385,7 +386,8 @@ def run(policy: Policy, argv: list[str], cwd: str, env: dict[str, str]) -> Repor
         proc = subprocess.Popen(prefix + argv, cwd=cwd, env=env, preexec_fn=preexec, start_new_session=True,
                                 pass_fds=keep)
     except (OSError, subprocess.SubprocessError) as exc:
-        return Report(returncode=-1, mechanism=describe(policy.mechanism, policy.userns), error=f"could not start: {exc!r}")
+        return Report(returncode=-1, mechanism=describe(policy.mechanism, policy.userns),
+                      error=f"could not start: {exc!r}")
     finally:
         for fd in keep:  # the child holds them now; the launcher keeping a copy would hide the child's exit
             os.close(fd)
@@ -524,10 +526,8 @@ def _ppid(pid: str) -> int | None:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 def _reap_children() -> None:
@@ -550,7 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     """`python -I -m toolkit.cluster.confine POLICY.json REPORT.json -- COMMAND...`"""
     args = list(sys.argv[1:] if argv is None else argv)
     policy_file, report_file, command = args[0], args[1], args[3:]
-    policy = Policy(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(Path(policy_file).read_text()).items()})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                              for k, v in json.loads(Path(policy_file).read_text()).items()}
+    policy = Policy(**fields)
     become_subreaper()
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     signal.signal(signal.SIGTERM, lambda *_: (reap_descendants(), os._exit(143)))

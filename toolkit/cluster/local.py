@@ -2,6 +2,7 @@
 (workstations and tests), `debug` runs in-process and synchronously (unit tests of the logic only)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -52,10 +53,8 @@ class LocalCluster(Cluster):
             try:
                 os.killpg(int(job_id), 15)
             except OSError:
-                try:
+                with contextlib.suppress(OSError):
                     os.kill(int(job_id), 15)
-                except OSError:
-                    pass
 
 
 def _local_state(job_id: str) -> JobState:
@@ -69,10 +68,8 @@ def _local_state(job_id: str) -> JobState:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
-    except (ChildProcessError, OSError):
-        pass
 
 
 class DebugCluster(Cluster):

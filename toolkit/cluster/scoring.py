@@ -18,6 +18,7 @@ once) gets two models that cannot share state or signal each other, which is wha
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import mmap
@@ -67,7 +68,7 @@ class ModelChild:
         self.proc: subprocess.Popen | None = None
 
     # ---- lifecycle ----
-    def __enter__(self) -> "ModelChild":
+    def __enter__(self) -> ModelChild:
         self.start()
         return self
 
@@ -105,10 +106,8 @@ class ModelChild:
         """End the child and everything it started (found by ancestry); returns the launcher's report."""
         for fd in (getattr(self, "to_child", -1), getattr(self, "from_child", -1)):
             if fd >= 0:
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
         self.to_child = self.from_child = -1
         if getattr(self, "shm_fd", -1) >= 0:
             self.shm.close()
@@ -162,10 +161,8 @@ F_SETPIPE_SZ = 1031
 
 def _widen(fd: int) -> None:
     """1 MiB pipe buffers instead of 64 KiB: far fewer wake-ups per gigabyte of logits."""
-    try:
+    with contextlib.suppress(OSError):
         fcntl.fcntl(fd, F_SETPIPE_SZ, 1 << 20)
-    except OSError:
-        pass
 
 
 def _child_env() -> dict[str, str]:
@@ -174,7 +171,7 @@ def _child_env() -> dict[str, str]:
     return {k: os.environ[k] for k in keep if k in os.environ}
 
 
-def _tensor(header: dict[str, Any], reader: "_Reader", shm: mmap.mmap) -> torch.Tensor:
+def _tensor(header: dict[str, Any], reader: _Reader, shm: mmap.mmap) -> torch.Tensor:
     dtype, shape = header.get("dtype"), header.get("shape")
     if dtype not in DTYPES or dtype == "int64":
         raise ChildError(f"model child returned dtype {dtype!r}; a float tensor is required")

@@ -40,7 +40,7 @@ def as_payload(value):
     if logits.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         logits = logits.float()
     name = str(logits.dtype).replace("torch.", "")
-    raw = memoryview(logits.contiguous().view(torch.uint8).numpy()).cast("B") if logits.numel() else b""
+    raw = logits.contiguous().view(torch.uint8).numpy().data.cast("B") if logits.numel() else b""
     return {"ok": True, "dtype": name, "shape": list(logits.shape)}, raw
 
 
@@ -48,7 +48,7 @@ def main():
     read_fd, write_fd, shm_fd = (int(v) for v in os.environ.pop("TOOLKIT_CHILD_FDS").split(","))
     inp, out = os.fdopen(read_fd, "rb", buffering=0), os.fdopen(write_fd, "wb", buffering=0)
     shm = mmap.mmap(shm_fd, os.fstat(shm_fd).st_size)
-    namespace = {}
+    namespace: dict = {}   # the loader's globals
     while True:
         line = inp.readline()
         if not line:

@@ -27,9 +27,9 @@ from rich.console import Console
 from rich.progress import Progress
 
 from toolkit import fsio, jobenv
+from toolkit.cluster.base import JobSpec, make_cluster
 from toolkit.config import ClusterConfig, ServeConfig
 from toolkit.errors import ToolkitError
-from toolkit.cluster.base import JobSpec, make_cluster
 
 KEY_ENV = "TOOLKIT_LLM_SERVER_KEY"     # where the daemon's clients find the key (a *KEY* name: never sent to jobs)
 SERVER_KEY_ENV = "VLLM_API_KEY"        # where vLLM (and the test stand-in) read it

@@ -15,11 +15,11 @@ from typing import Any
 import submitit
 
 from toolkit import jobenv
-from toolkit.cluster.base import (Cluster, ClusterError, JobSpec, JobState, UNKNOWN, run_command,
-                                  time_limit_min)
+from toolkit.cluster.base import UNKNOWN, Cluster, ClusterError, JobSpec, JobState, run_command, time_limit_min
 from toolkit.cluster.worker import WorkerTask, run_task
 from toolkit.config import ClusterConfig
 from toolkit.envs import Resources
+
 
 class SlurmCluster(Cluster):
     name = "slurm"
@@ -151,7 +151,8 @@ def sbatch_environment(env: Mapping[str, str] | None = None) -> Iterator[None]:
     original = cls._make_submission_command
     prefix = ["env", "-i", *(f"{name}={value}" for name, value in sorted(env.items()))]
     with _SBATCH_LOCK:
-        cls._make_submission_command = lambda self, path: prefix + original(self, path)  # type: ignore[method-assign]
+        cls._make_submission_command = (  # type: ignore[method-assign]
+            lambda self, submission_file_path: prefix + original(self, submission_file_path))
         try:
             yield
         finally:

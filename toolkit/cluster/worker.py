@@ -11,6 +11,7 @@ The worker always writes a result, whatever happens below it: errors at this bou
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,10 +29,18 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import fsio, jobenv, pins
-
 from toolkit.cluster import confine
-from toolkit.envs import (EnvSpec, compute_reward, data_dirs, hash_files, is_locked, load_env, locked_files,
-                          strip_hidden, tree_sha256)
+from toolkit.envs import (
+    EnvSpec,
+    compute_reward,
+    data_dirs,
+    hash_files,
+    is_locked,
+    load_env,
+    locked_files,
+    strip_hidden,
+    tree_sha256,
+)
 from toolkit.layout import CandidatePaths
 from toolkit.records import Result, to_json
 
@@ -112,10 +121,8 @@ def _stop_running() -> None:
     """TERM first: the confinement launcher answers it by killing its whole tree (found by ancestry)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in list(_RUNNING):
-            try:
+            with contextlib.suppress(OSError):
                 os.killpg(pid, sig)
-            except OSError:
-                pass
         if sig == signal.SIGTERM and _RUNNING:
             time.sleep(1.0)
 
@@ -263,7 +270,8 @@ def score(spec: EnvSpec, metrics: dict[str, Any], base: Result) -> Result:
         return replace(base, status="invalid", reason=f"eval: {metrics['invalid']}", metrics=metrics)
     value = metrics.get(spec.metric)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        return replace(base, status="invalid", metrics=metrics, reason=f"metric {spec.metric!r} missing or not a finite number")
+        return replace(base, status="invalid", metrics=metrics,
+                       reason=f"metric {spec.metric!r} missing or not a finite number")
     low, high = spec.metric_range
     if not low <= value <= high:
         return replace(base, status="invalid", metrics=metrics, metric=value,
@@ -407,10 +415,8 @@ def _versions() -> dict[str, str]:
 
     found = {"python": sys.version.split()[0]}
     for pkg, dist in (("torch", "torch"), ("toolkit", "execution-grounded-toolkit")):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             found[pkg] = version(dist)
-        except PackageNotFoundError:
-            pass
     return found
 
 

@@ -16,13 +16,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from toolkit import fsio, jobenv
-
 from toolkit.cluster import confine
 from toolkit.config import ImplementConfig
 from toolkit.envs import EnvSpec, is_locked, list_files, strip_hidden
+from toolkit.execute.patching import PatchOutcome, apply_patch
 from toolkit.layout import CandidatePaths
 from toolkit.llm.base import ChatRequest, LLMClient, LLMReply
-from toolkit.execute.patching import PatchOutcome, apply_patch
 from toolkit.prompts import number_lines, render
 from toolkit.records import Idea, ImplementOutcome, to_json
 
@@ -126,10 +125,12 @@ class Implementer:
 
     def _attempt(self, sample: int, revision: int, prompt: str, cand: CandidatePaths, race: _Race) -> Attempt:
         tag = f"s{sample}r{revision}"
-        reply = self.llm.complete(ChatRequest(prompt=prompt, system=self.system, tag=f"implement:{cand.cid.removeprefix('.building-')}:{tag}"))
+        reply = self.llm.complete(ChatRequest(prompt=prompt, system=self.system,
+                                              tag=f"implement:{cand.cid.removeprefix('.building-')}:{tag}"))
         self._save_reply(cand, tag, prompt, reply)
         if reply.status != "ok":
-            return Attempt(sample, revision, "llm_error", f"LLM {reply.status}: {reply.reason}", cost_usd=reply.cost_usd)
+            return Attempt(sample, revision, "llm_error", f"LLM {reply.status}: {reply.reason}",
+                           cost_usd=reply.cost_usd)
         if race.over:   # another sample won while this one waited for its reply: no patch, no preflight
             return Attempt(sample, revision, "superseded", SUPERSEDED, cost_usd=reply.cost_usd)
         dest = cand.root / "attempts" / tag
@@ -165,12 +166,14 @@ class Implementer:
             fsio.atomic_write_text(cand.implement_dir / f"{tag}.thinking.md", reply.thinking)
 
     def _outcome(self, cid: str, race: _Race, attempts: list[Attempt]) -> ImplementOutcome:
-        common = dict(cid=cid, attempts=len(attempts), cost_usd=sum(a.cost_usd for a in attempts))
+        calls, cost_usd = len(attempts), sum(a.cost_usd for a in attempts)
         win = race.winner
         if win is None:
-            return ImplementOutcome(status=_failure_status(attempts), reason=_failure_reason(attempts), **common)
-        return ImplementOutcome(status="ready", sample=win.sample, revision=win.revision, preflight="passed",
-                                diff_lines=len(win.diff.splitlines()), files=_diff_files(win.diff), **common)
+            return ImplementOutcome(cid=cid, status=_failure_status(attempts), reason=_failure_reason(attempts),
+                                    attempts=calls, cost_usd=cost_usd)
+        return ImplementOutcome(cid=cid, status="ready", sample=win.sample, revision=win.revision, preflight="passed",
+                                diff_lines=len(win.diff.splitlines()), files=_diff_files(win.diff), attempts=calls,
+                                cost_usd=cost_usd)
 
     def _finish(self, cand: CandidatePaths, outcome: ImplementOutcome, win: Attempt | None) -> None:
         if win is not None:

@@ -29,9 +29,9 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Iterable
 
 DEV_NULL = "/dev/null"
 FUZZ_LINES = 2  # GNU patch's default, made explicit: context lines a hunk may miss at each end

@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import fsio, pins
+from toolkit.cluster.base import Cluster, ClusterError, JobState
+from toolkit.cluster.worker import WorkerTask
 from toolkit.config import RunConfig
 from toolkit.envs import EnvSpec, data_dirs
 from toolkit.execute.implementer import Implementer
 from toolkit.layout import RunLayout, is_replica
 from toolkit.llm.base import SpendMeter
 from toolkit.records import Idea, from_json, result_event, to_json
-from toolkit.cluster.base import Cluster, ClusterError, JobState
 from toolkit.state import CandidateView, EventLog
-from toolkit.cluster.worker import WorkerTask
 
 SUBMIT_BACKOFF_MAX_S = 600.0       # a failing sbatch (a bad partition, a full queue) is retried at most this rarely
 POLL_BACKOFF_MAX = 4               # job states unchanged: ask SLURM at poll_s, 2x, 4x poll_s, no less often
@@ -121,7 +121,7 @@ class Pipeline:
 
     # ---- the tick --------------------------------------------------------------------------------------
     def tick(self) -> float:
-        self.just_submitted: set[str] = set()
+        self.just_submitted = set()
         self.check_snapshot()
         self.harvest_implemented()
         self.start_implementations()

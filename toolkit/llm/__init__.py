@@ -6,8 +6,16 @@
 """
 from __future__ import annotations
 
-from toolkit.llm.base import (PROVIDERS, ChatRequest, LLMClient, LLMConfigError, LLMReply, LLMSettings, SpendMeter,
-                              make_client)
+from toolkit.llm.base import (
+    PROVIDERS,
+    ChatRequest,
+    LLMClient,
+    LLMConfigError,
+    LLMReply,
+    LLMSettings,
+    SpendMeter,
+    make_client,
+)
 
 __all__ = ["PROVIDERS", "ChatRequest", "LLMClient", "LLMConfigError", "LLMReply", "LLMSettings", "SpendMeter",
            "make_client"]

@@ -6,8 +6,18 @@ from typing import Any
 import anthropic
 import httpx2
 
-from toolkit.llm.base import (CallError, ChatRequest, LLMClient, LLMConfigError, LLMReply, LLMSettings, OnReply,
-                              SpendMeter, api_key_from_env, sdk_errors)
+from toolkit.llm.base import (
+    CallError,
+    ChatRequest,
+    LLMClient,
+    LLMConfigError,
+    LLMReply,
+    LLMSettings,
+    OnReply,
+    SpendMeter,
+    api_key_from_env,
+    sdk_errors,
+)
 
 MIN_THINKING_BUDGET_TOKENS = 1024   # the API's floor for budget_tokens
 

@@ -10,8 +10,18 @@ from typing import Any
 import httpx2
 import openai
 
-from toolkit.llm.base import (CallError, ChatRequest, LLMClient, LLMConfigError, LLMReply, LLMSettings, OnReply,
-                              SpendMeter, api_key_from_env, sdk_errors)
+from toolkit.llm.base import (
+    CallError,
+    ChatRequest,
+    LLMClient,
+    LLMConfigError,
+    LLMReply,
+    LLMSettings,
+    OnReply,
+    SpendMeter,
+    api_key_from_env,
+    sdk_errors,
+)
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 REASONING_FIELDS = ("reasoning_content", "reasoning")

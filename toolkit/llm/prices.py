@@ -14,9 +14,14 @@ from typing import Protocol
 
 class Priced(Protocol):
     """What pricing reads of a role's LLM settings (toolkit.llm.base.LLMSettings has these fields)."""
-    model: str
-    price_input_per_mtok: float
-    price_output_per_mtok: float
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def price_input_per_mtok(self) -> float: ...
+
+    @property
+    def price_output_per_mtok(self) -> float: ...
 
 
 # model id (a dated id such as claude-opus-4-1-20250805 or gpt-5-2025-08-07 maps to its undated id):

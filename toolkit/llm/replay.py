@@ -13,8 +13,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from toolkit.llm.base import (CallError, ChatRequest, LLMClient, LLMConfigError, LLMReply, LLMSettings, OnReply,
-                              SpendMeter)
+from toolkit.llm.base import (
+    CallError,
+    ChatRequest,
+    LLMClient,
+    LLMConfigError,
+    LLMReply,
+    LLMSettings,
+    OnReply,
+    SpendMeter,
+)
 
 
 def rough_tokens(text: str) -> int:

@@ -1,7 +1,9 @@
 """Rich views as pure functions of the run state: the live daemon and `toolkit status` show the same."""
 from __future__ import annotations
 
-from rich.console import Group
+import math
+
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -87,7 +89,7 @@ def top_table(state: RunState, n: int = 5) -> Table:
     for column in ("id", "epoch", "reward", "metric", "verdict", "idea"):
         table.add_column(column, overflow="fold" if column == "idea" else "ellipsis")
     ok = sorted((v for v in state.candidates.values() if v.status == "ok" and v.reward is not None),
-                key=lambda v: v.reward, reverse=True)
+                key=lambda v: -math.inf if v.reward is None else v.reward, reverse=True)
     for v in ok[:n]:
         table.add_row(Text(v.cid), str(v.epoch), _fmt(v.reward), _fmt(v.metric), _verdict(v), _short(v.idea))
     return table
@@ -131,7 +133,8 @@ def epoch_progress(state: RunState) -> Table:
     epoch = int(state.meta.get("epoch", 0))
     views = [v for v in state.candidates.values() if v.epoch == epoch]
     done = sum(1 for v in views if v.terminal)
-    planned = sum(n for _, n in state.meta.get("plan", [])) + (1 if epoch == 0 and "baseline" in state.candidates else 0)
+    planned = (sum(n for _, n in state.meta.get("plan", []))
+               + (1 if epoch == 0 and "baseline" in state.candidates else 0))
     total = max(planned, len(views), 1)
     grid.add_row(Text(f"epoch {epoch + 1}/{epochs}"), ProgressBar(total=total, completed=done, width=40),
                  Text(f"{done}/{total} results in"))
@@ -161,7 +164,8 @@ def banner(state: RunState) -> Text:
 
 
 def search_view(state: RunState, now: float | None = None) -> Group:
-    parts = [banner(state), epoch_progress(state), summary(state), headline(state), top_table(state)]
+    parts: list[RenderableType] = [banner(state), epoch_progress(state), summary(state), headline(state),
+                                   top_table(state)]
     if state.meta.get("floor") or state.meta.get("rounds"):
         parts.append(certification_table(state))
     return Group(*parts, candidates_table(state, limit=15))

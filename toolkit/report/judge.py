@@ -14,9 +14,9 @@ import pandas as pd
 from toolkit import fsio
 from toolkit.errors import ConfigError
 from toolkit.llm.base import PROVIDERS, ChatRequest, LLMClient, LLMSettings
-from toolkit.search.policy import BASELINE_ID
 from toolkit.prompts import TEMPLATES, render
 from toolkit.report.runs import CATEGORIES, JUDGE_FAILED
+from toolkit.search.policy import BASELINE_ID
 
 
 # ---- the LLM judge of idea categories ----------------------------------------------------------------------
@@ -57,8 +57,8 @@ class CategoryJudge:
 
     def _remember(self, prompt: str, text: str, error: str) -> None:
         category, why = parse_verdict(text)
-        entry = dict(key=self.key(prompt), model=self.client.settings.model, category=category, why=why or error,
-                     prompt=prompt, response=text, t=time.time())
+        entry: dict[str, Any] = dict(key=self.key(prompt), model=self.client.settings.model, category=category,
+                                     why=why or error, prompt=prompt, response=text, t=time.time())
         fsio.append_jsonl(self.verdicts, entry)
         (self.cache if category in CATEGORIES else self.failed)[entry["key"]] = entry
 

@@ -14,9 +14,10 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jinja2
 import pandas as pd
@@ -27,10 +28,27 @@ from toolkit.llm.base import PROVIDERS, LLMClient, make_client
 from toolkit.prompts import TEMPLATES
 from toolkit.report import plots
 from toolkit.report.judge import CategoryJudge, apply_judge, judge_settings
-from toolkit.report.runs import RunData, baseline_reward, ideas_only, ideas_table, load_run, replica_frame
-from toolkit.report.tables import (category_table, certification_summary, certification_table, comparison_table,
-                                   diversity_table, epoch_table, funnel_table, reference_table, spend_table,
-                                   thinking_table, top_ideas)
+from toolkit.report.runs import (
+    RunData,
+    baseline_reward,
+    ideas_only,
+    ideas_table,
+    load_run,
+    replica_frame,
+)
+from toolkit.report.tables import (
+    category_table,
+    certification_summary,
+    certification_table,
+    comparison_table,
+    diversity_table,
+    epoch_table,
+    funnel_table,
+    reference_table,
+    spend_table,
+    thinking_table,
+    top_ideas,
+)
 
 
 # ---- writing the report ------------------------------------------------------------------------------------
@@ -91,7 +109,8 @@ def _write(out: Path, runs: list[RunData], frames: list[pd.DataFrame], judge: Ca
 def report_tables(runs: list[RunData], frames: list[pd.DataFrame]) -> dict[str, pd.DataFrame]:
     main, frame = runs[0], frames[0]
     return {"epochs": epoch_table(frame), "references": reference_table(main, frame), "funnel": funnel_table(frames),
-            "certification": certification_table(main, frame), "certification_summary": certification_summary(main, frame),
+            "certification": certification_table(main, frame),
+            "certification_summary": certification_summary(main, frame),
             "thinking": thinking_table(frame), "categories": category_table(frame), "diversity": diversity_table(frame),
             "spend": spend_table(main, frame), "comparison": comparison_table(runs, frames)}
 

@@ -8,10 +8,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from matplotlib.figure import Figure  # noqa: E402  (the backend is chosen before any figure exists)
+from matplotlib.figure import Figure  # imported after the backend is chosen, before any figure exists
 
-from toolkit.report.runs import RunData, baseline_reward, baseline_spread  # noqa: E402
-from toolkit.report.tables import FUNNEL, epoch_table  # noqa: E402
+from toolkit.report.runs import RunData, baseline_reward, baseline_spread
+from toolkit.report.tables import FUNNEL, epoch_table
 
 if TYPE_CHECKING:
     import pandas as pd

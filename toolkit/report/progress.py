@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from toolkit.state import RunState
 
@@ -40,7 +41,8 @@ LINES: dict[str, Callable[[dict[str, Any]], str | None]] = {
     "lost": lambda e: f"lost {e['cid']} (job {e['job_id']}: {e.get('raw') or 'no state'})",
     "verdict": lambda e: f"{e['cid']}: {e['verdict']} ({e.get('reason', '')[:240]})",
     "noise_floor": lambda e: f"baseline noise floor: {e['mean']:.4g} ± {e['sd']:.3g} over {e['n']} seeds",
-    "replicas_planned": lambda e: f"re-running {', '.join(e['cids'])} with {len(e['runs'])} fresh-seed runs ({e['purpose']})",
+    "replicas_planned": lambda e: (f"re-running {', '.join(e['cids'])} with {len(e['runs'])} fresh-seed runs "
+                                   f"({e['purpose']})"),
     "epoch_started": lambda e: f"epoch {e['epoch'] + 1} started",
     "epoch_ended": lambda e: f"epoch {e['epoch'] + 1} ended ({e.get('reason', '')})",
     "ideation_failed": lambda e: f"ideation failed: {str(e.get('reason', ''))[:200]}",

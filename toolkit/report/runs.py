@@ -16,7 +16,6 @@ from toolkit.layout import RunLayout
 from toolkit.search.policy import BASELINE_ID
 from toolkit.state import RunState, load_state
 
-
 NOT_JUDGED = "not judged"
 JUDGE_FAILED = "judge failed"
 CATEGORIES = ("hyper-parameter", "algorithm")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any, cast
 
 import pandas as pd
 
@@ -11,7 +12,6 @@ from toolkit.envs import EnvSpec
 from toolkit.layout import RunLayout
 from toolkit.report.runs import RunData, baseline_reward, ideas_only, implement_cid
 from toolkit.search.policy import BASELINE_ID
-
 
 FUNNEL = ("proposed", "patch_applied", "preflight_passed", "job_ran", "valid_metric", "beat_baseline")
 TOP_IDEAS = 5
@@ -31,7 +31,7 @@ def epoch_table(frame: pd.DataFrame) -> pd.DataFrame:
         stats, finished = _rewards(group), int(_finished(group).sum())
         best = stats["best_reward"]
         best_so_far = best if best_so_far is None or (best is not None and best > best_so_far) else best_so_far
-        rows.append(dict(epoch=int(epoch), ideas=len(group), finished=finished, valid=stats["valid"],
+        rows.append(dict(epoch=int(cast(int, epoch)), ideas=len(group), finished=finished, valid=stats["valid"],
                          execution_rate=_ratio(stats["valid"], finished), best_reward=best,
                          mean_reward=stats["mean_reward"], mean_reward_failed_as_0=_ratio(stats["total"], finished),
                          best_so_far=best_so_far, beat_baseline=_count_true(group["beat_baseline"])))
@@ -56,10 +56,11 @@ def funnel_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
     ideas = ideas_only(pd.concat(frames, ignore_index=True))
     rows = []
     for (run, ideator, implementer), group in ideas.groupby(["run", "ideator_model", "implementer_model"], sort=False):
+        valid = int(group["valid"].sum())
         counts = dict(proposed=len(group), patch_applied=int(group["patch_applied"].sum()),
                       preflight_passed=int(group["preflight_passed"].sum()), job_ran=int(group["job_ran"].sum()),
-                      valid_metric=int(group["valid"].sum()), beat_baseline=_count_true(group["beat_baseline"]))
-        rate = _ratio(counts["valid_metric"], int(_finished(group).sum()))
+                      valid_metric=valid, beat_baseline=_count_true(group["beat_baseline"]))
+        rate = _ratio(valid, int(_finished(group).sum()))
         rows.append(dict(run=run, ideator=ideator, implementer=implementer, **counts, execution_rate=rate))
     return pd.DataFrame(rows, columns=["run", "ideator", "implementer", *FUNNEL, "execution_rate"])
 
@@ -144,7 +145,7 @@ def diversity(texts: list[str]) -> dict[str, Any]:
 
 
 def diversity_table(frame: pd.DataFrame) -> pd.DataFrame:
-    rows = [dict(epoch=int(e), **diversity(list(g["idea"]))) for e, g in ideas_only(frame).groupby("epoch")]
+    rows = [dict(epoch=int(cast(int, e)), **diversity(list(g["idea"]))) for e, g in ideas_only(frame).groupby("epoch")]
     return pd.DataFrame(rows, columns=["epoch", "ideas", "distinct", "mean_jaccard", "top_share"])
 
 
@@ -230,11 +231,13 @@ def certification_table(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
     floor = run.state.meta.get("floor")
     rows = []
     if floor:
-        note = "floor: every seed gave the same metric (the env ignores TOOLKIT_SEED)" if floor.get("seed_ignored") else "noise floor"
+        note = ("floor: every seed gave the same metric (the env ignores TOOLKIT_SEED)" if floor.get("seed_ignored")
+                else "noise floor")
         rows.append(dict(cid="baseline", screened=None, rerun_mean=floor["mean"], ci_low=floor["mean"] - floor["sd"],
                          ci_high=floor["mean"] + floor["sd"], n=floor["n"], p_value=None, verdict=note,
                          idea=f"the unchanged codebase: mean ± sd over {floor['n']} seeds"))
-    tested = ideas_only(frame)[lambda f: f["verdict"].fillna("") != ""]
+    ideas = ideas_only(frame)
+    tested = ideas[ideas["verdict"].fillna("") != ""]
     for r in tested.sort_values(["verdict", "cert_metric"]).itertuples():
         rows.append(dict(cid=r.cid, screened=r.metric, rerun_mean=r.cert_metric, ci_low=r.cert_low,
                          ci_high=r.cert_high, n=r.cert_n, p_value=r.p_value, verdict=r.verdict, idea=_clip(r.idea)))
@@ -266,7 +269,8 @@ def certification_summary(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def top_ideas(run: RunData, frame: pd.DataFrame, n: int = TOP_IDEAS) -> list[dict[str, Any]]:
-    valid = ideas_only(frame)[lambda f: f["valid"]]
+    ideas = ideas_only(frame)
+    valid = ideas[ideas["valid"]]
     best = valid.sort_values("reward", ascending=False).head(n)
     return [dict(cid=r.cid, epoch=int(r.epoch), reward=float(r.reward), metric=r.metric, idea=r.idea,
                  category=r.category, diff=_diff_text(run.layout, r.cid), verdict=r.verdict or "not re-run",

@@ -21,6 +21,7 @@ from toolkit.report.runs import baseline_reward, ideas_only, state_frame
 from toolkit.report.tables import epoch_table
 from toolkit.state import CandidateView, RunState
 
+
 def import_wandb() -> Any:
     try:
         return importlib.import_module("wandb")

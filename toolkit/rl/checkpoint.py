@@ -72,6 +72,7 @@ def latest_checkpoint(layout: RLLayout) -> CheckpointPaths | None:
     return found[-1] if found else None
 
 
-def load_training_state(ckpt: CheckpointPaths) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+def load_training_state(
+        ckpt: CheckpointPaths) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """(optimizer state dict, RNG state, archive, state.json) of a checkpoint."""
     return load_torch(ckpt.optimizer), load_torch(ckpt.rng), fsio.read_json(ckpt.archive), fsio.read_json(ckpt.state)

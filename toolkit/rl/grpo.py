@@ -9,8 +9,9 @@ as in TRL's default). Rollouts with A_i = 0 (e.g. a group with equal rewards) ad
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -35,7 +36,8 @@ class UpdateStats:
 
 
 def make_optimizer(model: Any, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, betas=tuple(cfg.betas),
+    beta1, beta2 = cfg.betas
+    return torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, betas=(beta1, beta2),
                              weight_decay=cfg.weight_decay)
 
 
@@ -52,7 +54,7 @@ def batch_loss(model: Any, prompt: list[int], rollouts: Sequence[Rollout], advan
 def policy_gradient_step(model: Any, optimizer: torch.optim.Optimizer, prompt: list[int],
                          rollouts: Sequence[Rollout], advantages: Sequence[float], cfg: OptimConfig,
                          temperature: float) -> UpdateStats:
-    active = [k for k, (r, a) in enumerate(zip(rollouts, advantages)) if a != 0.0 and sum(r.mask)]
+    active = [k for k, (r, a) in enumerate(zip(rollouts, advantages)) if a != 0.0 and sum(r.mask) != 0]
     if not active:
         return UpdateStats(0.0, 0.0, 0, 0)
     optimizer.zero_grad(set_to_none=True)

@@ -7,9 +7,10 @@ leader clustering, in sampling order), and the top share is the largest cluster'
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from rich import box
 from rich.console import Group
@@ -71,7 +72,8 @@ def near_duplicate_share(ideas: Sequence[str]) -> float | None:
 
     if not ideas:
         return None
-    finder, seen, found = DuplicateFinder("text"), [], 0
+    finder, found = DuplicateFinder("text"), 0
+    seen: list[tuple[str, str]] = []
     for i, text in enumerate(ideas):
         found += finder.find(text, seen) is not None
         seen.append((str(i), text))
@@ -110,4 +112,5 @@ def metrics_table(rows: Sequence[dict[str, Any]], limit: int = 20) -> Group:
     shown = rows[-limit:]
     more = f" (the last {limit} of {len(rows)} steps)" if len(rows) > limit else ""
     return Group(_table("GRPO: env reward R, execution rate, update" + more, REWARD_COLUMNS, shown),
-                 _table("GRPO: mean tokens, idea diversity (top = largest idea's share), seconds", SHAPE_COLUMNS, shown))
+                 _table("GRPO: mean tokens, idea diversity (top = largest idea's share), seconds", SHAPE_COLUMNS,
+                        shown))

@@ -147,7 +147,8 @@ def input_device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def token_logprobs(model: Any, prompt: list[int], completions: list[list[int]], temperature: float) -> list[torch.Tensor]:
+def token_logprobs(model: Any, prompt: list[int], completions: list[list[int]],
+                   temperature: float) -> list[torch.Tensor]:
     """log pi(token | prefix) of every completion token, at the sampling temperature (differentiable).
 
     All completions share the prompt, so rows are right-padded and only the completion positions are projected

@@ -10,8 +10,8 @@ plus the mitigations against collapse, each off at weight 0:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from toolkit.rl.config import MitigationConfig
 from toolkit.rl.metrics import max_jaccard, word_set

@@ -89,10 +89,11 @@ class Sampler(ABC):
         self.think_stops = (close_id, *stops)
 
     @abstractmethod
-    def generate(self, prompts: list[list[int]], n: int, max_tokens: int, stops: tuple[int, ...]) -> list[list[list[int]]]:
+    def generate(self, prompts: list[list[int]], n: int, max_tokens: int,
+                 stops: tuple[int, ...]) -> list[list[list[int]]]:
         """For each prompt, n sampled continuations, each cut after its first stop token."""
 
-    def sync(self, policy_dir: Path | None) -> None:
+    def sync(self, policy_dir: Path | None) -> None:  # noqa: B027 (optional: the live model needs no sync)
         """Make the next samples come from the weights saved in `policy_dir` (None: the initial policy)."""
 
     def sample(self, prompt: list[int], n: int) -> list[Completion]:
@@ -126,7 +127,8 @@ class HFSampler(Sampler):
         super().__init__(cfg, think_close_id(tokenizer), stops)
         self.model, self.pad_id = model, int(tokenizer.pad_token_id)
 
-    def generate(self, prompts: list[list[int]], n: int, max_tokens: int, stops: tuple[int, ...]) -> list[list[list[int]]]:
+    def generate(self, prompts: list[list[int]], n: int, max_tokens: int,
+                 stops: tuple[int, ...]) -> list[list[list[int]]]:
         if not prompts:
             return []
         ids, mask = left_pad(prompts, self.pad_id)
@@ -159,7 +161,8 @@ class VLLMSampler(Sampler):
         self.adapters += 1
         self.lora = LoRARequest(f"policy-{self.adapters}", self.adapters, str(policy_dir)) if policy_dir else None
 
-    def generate(self, prompts: list[list[int]], n: int, max_tokens: int, stops: tuple[int, ...]) -> list[list[list[int]]]:
+    def generate(self, prompts: list[list[int]], n: int, max_tokens: int,
+                 stops: tuple[int, ...]) -> list[list[list[int]]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 

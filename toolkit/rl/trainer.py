@@ -21,8 +21,8 @@ from rich.console import Console
 from toolkit import fsio
 from toolkit.envs import load_env
 from toolkit.errors import ToolkitError
-from toolkit.loop import execute_ideas
 from toolkit.layout import RunLayout
+from toolkit.loop import execute_ideas
 from toolkit.records import Idea, to_json
 from toolkit.rl import checkpoint
 from toolkit.rl.config import RLConfig, load_rl_config
@@ -53,7 +53,7 @@ class Trainer:
         ckpt = checkpoint.latest_checkpoint(layout)
         self.model = load_policy(self.base, cfg.policy, ckpt.policy if ckpt else None)
         self.optimizer = make_optimizer(self.model, cfg.optim)
-        self.step, self.archive = 0, []
+        self.step, self.archive = 0, list[dict[str, Any]]()
         if ckpt:
             self._restore(ckpt)
         else:

@@ -1,1 +1,2 @@
-"""The search stage: ideation, exploit/explore policy, the evolutionary search, near-duplicate checks and certification."""
+"""The search stage: ideation, exploit/explore policy, the evolutionary search, near-duplicate checks and
+certification."""

@@ -16,14 +16,15 @@ import math
 import re
 import shutil
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from toolkit import fsio
 from toolkit.config import SearchRunConfig
 from toolkit.envs import EnvSpec
-from toolkit.layout import REPLICA_MARK, RunLayout
 from toolkit.execute.patching import apply_patch
+from toolkit.layout import REPLICA_MARK, RunLayout
 from toolkit.search.policy import BASELINE_ID
 from toolkit.state import CandidateView, EventLog, RunState
 
@@ -105,19 +106,21 @@ def _tested(ok: Sequence[CandidateView], baseline: Sequence[float], direction: s
             min_effect: float, note: str) -> Verdict:
     metrics = [float(r.metric) for r in ok]  # type: ignore[arg-type]
     low, high = mean_ci(metrics)
-    common = dict(n=len(ok), mean=statistics.fmean(metrics), low=low, high=high,
-                  reward=statistics.fmean(float(r.reward) for r in ok if r.reward is not None))
+    mean = statistics.fmean(metrics)
+    reward = statistics.fmean(float(r.reward) for r in ok if r.reward is not None)
     if statistics.pvariance(metrics) == 0 and statistics.pvariance(baseline) > 0:
         return Verdict("unreproducible", "every re-run gave the same metric for a different seed while the "
                        "baseline's varied: the candidate ignores TOOLKIT_SEED (a fixed seed cannot be certified)",
-                       **common)
+                       n=len(ok), mean=mean, low=low, high=high, reward=reward)
     p = one_sided_p(metrics, baseline, direction, min_effect)
-    gain = improvement(common["mean"], statistics.fmean(baseline), direction)
-    text = (f"re-runs {common['mean']:.4g} [{low:.4g}, {high:.4g}] vs baseline {statistics.fmean(baseline):.4g} "
+    gain = improvement(mean, statistics.fmean(baseline), direction)
+    text = (f"re-runs {mean:.4g} [{low:.4g}, {high:.4g}] vs baseline {statistics.fmean(baseline):.4g} "
             f"(n={len(baseline)}{note}): improvement {gain:+.4g}, p={p:.2g}")
     if p < alpha:
-        return Verdict("certified", f"{text} < alpha {alpha:g}", p_value=p, **common)
-    return Verdict("not significant", f"{text} >= alpha {alpha:g}", p_value=p, **common)
+        verdict, reason = "certified", f"{text} < alpha {alpha:g}"
+    else:
+        verdict, reason = "not significant", f"{text} >= alpha {alpha:g}"
+    return Verdict(verdict, reason, n=len(ok), mean=mean, low=low, high=high, reward=reward, p_value=p)
 
 
 def interleave(candidate_runs: Sequence[Any], baseline_runs: Sequence[Any]) -> list[Any]:
@@ -231,7 +234,8 @@ class Certifier:
                 continue
             self.log.emit("verdict", cid=cid, round=-1, verdict="unreproducible", n=0,
                           reason=f"its diff changes how runs are seeded ({lines[0].strip()[:120]}): fresh-seed "
-                                 "re-runs are the evidence of a certificate, so a change to seeding cannot be certified")
+                                 "re-runs are the evidence of a certificate, so a change to seeding cannot be "
+                                 "certified")
         return keep
 
     def _plan_round(self, epoch: int, cids: list[str]) -> None:

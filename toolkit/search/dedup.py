@@ -29,9 +29,9 @@ import re
 import threading
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Sequence
 
 import numpy as np
 import openai
@@ -164,7 +164,7 @@ apply applies applied try switch swap replace replaced replacing instead rather 
 currently default existing model models
 idea propose improve improves better help helps e g i etc like following follow recent work find finds found see
 tend tends suggest suggests allow allows one
-""".split())
+""".split())  # noqa: SIM905 (a word list reads best as text)
 
 _NUMBER_SCALE = {"": 1.0, "%": 0.01, "k": 1e3, "m": 1e6, "b": 1e9, "x": 1.0}
 # A number: not inside a word (fp8, beta2, 2d), with an optional unit (5%, 1k, 124m, 4x).
@@ -441,8 +441,8 @@ class DuplicateFinder:
     @staticmethod
     def _text_scores(query: _Doc, docs: list[_Doc], sizes: list[int]) -> np.ndarray:
         """The weighted mean of the cosines in each feature space."""
-        return sum(weight * _cosines(query.spaces[k], [d.spaces[k] for d in docs], sizes[k])
-                   for k, (_, weight) in enumerate(_SPACES))
+        return sum((weight * _cosines(query.spaces[k], [d.spaces[k] for d in docs], sizes[k])
+                    for k, (_, weight) in enumerate(_SPACES)), np.zeros(len(docs)))
 
     def _embedding_scores(self, text: str, texts: list[str]) -> np.ndarray:
         """Cosine of embeddings. Blank texts are not sent (embedding APIs reject empty input) and score 0."""

@@ -16,14 +16,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from toolkit import fsio
-from toolkit.search.certify import Certifier
 from toolkit.config import SearchRunConfig, to_dict
-from toolkit.execute.pipeline import Pipeline
-from toolkit.search.dedup import DedupError, DuplicateFinder, Match, openai_embedder
 from toolkit.errors import ConfigError
-from toolkit.search.ideator import Ideator, Proposal
-from toolkit.search.policy import BASELINE_ID, Call, baseline_reward, epoch_calls, exemplars, explore_sample, remaining_calls
+from toolkit.execute.pipeline import Pipeline
 from toolkit.records import Idea, ImplementOutcome, to_json
+from toolkit.search.certify import Certifier
+from toolkit.search.dedup import DedupError, DuplicateFinder, Match, openai_embedder
+from toolkit.search.ideator import Ideator, Proposal
+from toolkit.search.policy import (
+    BASELINE_ID,
+    Call,
+    baseline_reward,
+    epoch_calls,
+    exemplars,
+    explore_sample,
+    remaining_calls,
+)
 from toolkit.state import CandidateView, EventLog, RunState
 
 
@@ -232,7 +240,8 @@ class Search:
         """The prompt and the response of every ideation call, beside the ideas (as the implementer keeps its)."""
         stem = self.p.layout.ideation_calls / f"{name}-{int(time.time() * 1000)}"
         fsio.atomic_write_text(stem.with_suffix(".prompt.md"), proposal.prompt)
-        reply = proposal.response if proposal.status == "ok" else f"[{proposal.status}] {proposal.reason}\n{proposal.response}"
+        failed = f"[{proposal.status}] {proposal.reason}\n"
+        reply = proposal.response if proposal.status == "ok" else failed + proposal.response
         fsio.atomic_write_text(stem.with_suffix(".response.md"), reply)
 
     def duplicates(self, texts: list[str], earlier: list[tuple[str, str]]) -> tuple[Match | None, ...]:

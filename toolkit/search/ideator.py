@@ -9,8 +9,8 @@ from toolkit.envs import EnvSpec
 from toolkit.execute.implementer import codebase_listing
 from toolkit.llm.base import ChatRequest, LLMClient
 from toolkit.llm.replay import rough_tokens
-from toolkit.search.policy import Call, outcome_line
 from toolkit.prompts import render
+from toolkit.search.policy import Call, outcome_line
 from toolkit.state import CandidateView
 
 

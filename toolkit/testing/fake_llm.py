@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import json
 import math
 import os
-import json
 import re
 import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from toolkit.llm.replay import ReplayBook, rough_tokens
 
@@ -159,7 +161,8 @@ def _openai_finish(reply: FakeReply) -> str:
 def _openai_usage(body: dict, reply: FakeReply) -> dict:
     prompt, completion = _usage(body, reply)
     completion += reply.reasoning_tokens
-    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "total_tokens": prompt + completion}
     if reply.reasoning_tokens:
         usage["completion_tokens_details"] = {"reasoning_tokens": reply.reasoning_tokens}
     return usage
@@ -327,10 +330,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {name.lower(): value for name, value in self.headers.items()}
         reply = self.server_fake.reply_for({"path": path, "body": body, "headers": headers})
         time.sleep(reply.delay_s)
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):   # the client gave up (its timeout)
             self._answer(path, body, reply)
-        except (BrokenPipeError, ConnectionResetError):
-            pass   # the client gave up (its timeout): nothing to tell it
 
     def _answer(self, path: str, body: dict, reply: FakeReply) -> None:
         whole, stream = _ROUTES[path]
@@ -366,10 +367,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     server = FakeLLMServer(replay_responder(args.replay) if args.replay else None, port=args.port,
                            api_key=os.environ.get("VLLM_API_KEY", ""))
     print(f"listening on {server.base_url}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":
