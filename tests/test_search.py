@@ -234,3 +234,21 @@ def test_thinking_budget_by_epoch_is_checked_at_load() -> None:
     with pytest.raises(ConfigError, match="tokens >= 0"):
         from_dict(SearchRunConfig, {"llm": {"ideator": anthropic}, "search": {"thinking_budget_by_epoch": [-1]}}, "c")
 
+
+def test_grpo_math_ideation_prompts_prefer_algorithms_over_hyper_parameters() -> None:
+    """The env's ideation_guidance is in every ideation prompt of grpo_math (fresh, exploit, explore), and
+    never in the implementer's prompt; an env without guidance has no such section."""
+    from toolkit.envs import load_env
+    from toolkit.execute.implementer import implement_prompt
+    from toolkit.records import Idea
+    from toolkit.search.ideator import ideate_prompt
+    from toolkit.search.policy import Call
+
+    grpo = load_env("grpo_math")
+    for mode in ("fresh", "exploit", "explore"):
+        prompt = ideate_prompt(grpo, Call(mode, 10), [], ["an earlier idea"], 0.48)
+        guidance = prompt.split("# What to look for")[1].split("# Already proposed")[0]
+        assert "Prefer new training algorithms over hyper-parameter tweaks" in guidance
+        assert "do not propose retuning hyper-parameters on their own" in guidance
+    assert "Prefer new training algorithms" not in implement_prompt(grpo, Idea("i", "Use REINFORCE."))
+    assert "# What to look for" not in ideate_prompt(load_env("tiny_lm"), Call("fresh", 10), [], [], None)

@@ -29,7 +29,7 @@ def ideate_prompt(spec: EnvSpec, call: Call, exemplars: list[CandidateView], avo
     shown = [{"idea": " ".join(v.idea.split()), "outcome": outcome_line(v)} for v in exemplars]
     return render("ideate", description=spec.description.strip(), files=codebase_listing(spec), mode=call.mode,
                   exemplars=shown, avoid=[" ".join(a.split())[:300] for a in avoid], count=call.count,
-                  baseline=baseline)
+                  baseline=baseline, guidance=spec.ideation_guidance.strip())
 
 
 class Ideator:
