@@ -67,6 +67,9 @@ class ClusterConfig:
 class ImplementConfig:
     samples: int = 10                  # diffs sampled in parallel per idea (paper: 10)
     revisions: int = 2                 # sequential self-revisions of a failing diff (paper: 2)
+    # compile + the env's quick check before a diff wins, a failure going back to revision; false = only
+    # patchability is checked before launch, as in the paper (its execution rates, Fig. 2, were measured so)
+    preflight: bool = True
     quick_check_timeout_s: float = 120.0
     workers: int = 8                   # ideas implemented at once (LLM calls are further capped per client)
     preflight_concurrency: int = 2     # quick checks running at once on the daemon's host
