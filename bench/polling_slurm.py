@@ -27,8 +27,17 @@ from collections import Counter
 from itertools import pairwise
 from pathlib import Path
 
-from benchlib import (Report, SlurmCalls, bench_config, cancel, make_diff, open_bench_run, run_bench, sleep_env,
-                      write_ready_candidate)
+from benchlib import (
+    Report,
+    SlurmCalls,
+    bench_config,
+    cancel,
+    make_diff,
+    open_bench_run,
+    run_bench,
+    sleep_env,
+    write_ready_candidate,
+)
 from toolkit.config import ClusterConfig, ImplementConfig
 from toolkit.execute.pipeline import Pipeline
 from toolkit.records import Idea

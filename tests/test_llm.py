@@ -159,6 +159,30 @@ def test_400_is_not_retried(provider: str) -> None:
     assert reply.reason == "400: max_tokens too large"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_requests_thinking_budget_overrides_the_settings(stream: bool) -> None:
+    """The search's per-epoch budget travels on the request: it replaces the settings' budget for that call
+    only, 0 turns thinking off (temperature then sent), and an impossible one is a bug, not a silent change."""
+    with FakeLLMServer(lambda request: ANSWER) as srv:
+        client = make_client(settings_for(srv, "anthropic", stream=stream, thinking_budget_tokens=3000))
+        for budget in (1500, None, 0):
+            assert client.complete(ChatRequest(PROMPT, thinking_budget_tokens=budget)).ok
+        with pytest.raises(LLMConfigError, match="must exceed"):
+            client.complete(ChatRequest(PROMPT, thinking_budget_tokens=20000))
+    bodies = [r["body"] for r in srv.requests]
+    assert [b.get("thinking", {}).get("budget_tokens") for b in bodies] == [1500, 3000, None]
+    assert "thinking" not in bodies[2] and bodies[2]["temperature"] == 1.0
+
+
+@pytest.mark.parametrize("provider", ["openai", "openai-compatible"])
+def test_a_thinking_budget_sent_to_a_provider_without_one_is_an_error(provider: str) -> None:
+    with FakeLLMServer(["unused"]) as srv:
+        client = make_client(settings_for(srv, provider))
+        with pytest.raises(LLMConfigError, match="only anthropic"):
+            client.complete(ChatRequest(PROMPT, thinking_budget_tokens=3000))
+    assert not srv.requests
+
+
 def test_connection_refused_is_retried_then_error() -> None:
     with FakeLLMServer() as srv:
         url = srv.openai_base_url

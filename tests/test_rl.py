@@ -324,7 +324,7 @@ def test_config_is_strict() -> None:
         from_dict(RLConfig, {"sampling": {"backend": "vllm"}}, "rl.yaml")
     with pytest.raises(ConfigError, match="at least 2"):
         from_dict(RLConfig, {"sampling": {"group_size": 1}}, "rl.yaml")
-    for name in ("rl_tiny.yaml", "rl_ideator.yaml"):
+    for name in ("rl_tiny.yaml", "rl_ideator.yaml", "rl_grpo_math.yaml"):
         assert load_rl_config(ROOT / "configs" / name).sampling.group_size >= 4
     assert load_rl_config(ROOT / "configs" / "rl_ideator.yaml").policy.model == "Qwen/Qwen3-30B-A3B"
     with pytest.raises(ConfigError, match="trainer.executor='job' is not one of daemon, in_job"):
@@ -343,6 +343,16 @@ def test_a_trainer_job_that_executes_its_own_ideas_gets_no_api_key(tmp_path: Pat
     check_job_llm(from_dict(RLConfig, {"trainer": {"executor": "in_job"}, "run": {"llm": {"implementer": keyless}}},
                             "rl.yaml"))
     assert from_dict(RLConfig, {"trainer": {"cluster": "slurm"}}, "rl.yaml").trainer.hands_off
+
+
+def test_grpo_math_rl_config_is_the_papers() -> None:
+    """The paper's RL on the GRPO environment: group size 256, the Qwen3-30B-A3B ideator, rollouts of at most
+    8192 tokens (thinking + idea), 40 steps; its env and executor settings load as a real run's would."""
+    cfg = load_rl_config(ROOT / "configs" / "rl_grpo_math.yaml")
+    assert cfg.sampling.group_size == 256 and cfg.policy.model == "Qwen/Qwen3-30B-A3B" and cfg.steps == 40
+    assert cfg.sampling.think_budget_tokens + cfg.sampling.idea_max_tokens == 8192
+    assert cfg.run.env == "grpo_math" and load_env(cfg.run.env).resources.gpus == 1
+    assert "UNVERIFIED AT THIS SCALE" in (ROOT / "configs" / "rl_grpo_math.yaml").read_text()
 
 
 def test_metrics_table_renders_rows() -> None:

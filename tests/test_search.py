@@ -189,3 +189,66 @@ def test_without_a_terminal_progress_comes_as_log_lines(tmp_path: Path, caplog) 
     text = caplog.text
     assert "progress: epoch 1/1" in text and "submitted baseline as job" in text
     assert "result baseline: ok, metric" in text and "search finished" in text
+
+
+def test_ideator_thinking_budget_per_epoch_reaches_the_sdk_request(tmp_path: Path) -> None:
+    """search.thinking_budget_by_epoch [3000, 1500]: the real Anthropic SDK sends budget_tokens 3000 in epoch 0's
+    ideation request and 1500 in epoch 1 (later epochs too: the load test), never the ideator's own 2000; the
+    implementer's requests keep their own settings (no thinking)."""
+    with FakeLLMServer(toy_search_responder()) as server:
+        data = _as_dict(search_config(tmp_path, server.base_url, cluster="debug", epochs=2, ideas_per_epoch=2))
+        data["search"]["thinking_budget_by_epoch"] = [3000, 1500]
+        anthropic = {"provider": "anthropic", "model": "claude-sonnet-4-6", "base_url": server.base_url,
+                     "backoff_s": 0.01, "max_tokens": 10000, "temperature": 1.0}
+        data["llm"]["ideator"] = {**anthropic, "thinking_budget_tokens": 2000}
+        data["llm"]["implementer"] = anthropic
+        state = run_search(tmp_path / "run", from_dict(SearchRunConfig, data, "t"), Console(record=True), live=False)
+    assert state.meta["finished"] and state.meta["epochs_ended"] == [0, 1]
+    messages = [r["body"] for r in server.requests if r["path"] == "/v1/messages"]
+    ideation = [b for b in messages if "Reply with ONLY a JSON array" in b["messages"][0]["content"]]
+    assert len(ideation) == 2, "one ideation call per epoch (2 ideas, 2 per call)"
+    assert [b["thinking"] for b in ideation] == [{"type": "enabled", "budget_tokens": 3000},
+                                                 {"type": "enabled", "budget_tokens": 1500}]
+    assert "diverse ideas" in ideation[0]["messages"][0]["content"]          # epoch 0: fresh ideas
+    implementer = [b for b in messages if b not in ideation]
+    assert implementer and all("thinking" not in b for b in implementer)
+
+
+def test_thinking_budget_by_epoch_is_checked_at_load() -> None:
+    from toolkit.errors import ConfigError
+
+    anthropic = {"provider": "anthropic", "model": "claude-sonnet-4-6"}
+    ok = from_dict(SearchRunConfig, {"llm": {"ideator": anthropic}, "search": {"thinking_budget_by_epoch": [3000, 0]}},
+                   "c.yaml")
+    assert [ok.search.thinking_budget(e) for e in range(4)] == [3000, 0, 0, 0]
+    assert SearchRunConfig().search.thinking_budget(0) is None        # unset: the ideator's own settings
+    bad = [({"provider": "openai", "model": "gpt-5"}, [3000], "anthropic ideators only.*reasoning_effort"),
+           ({"provider": "openai-compatible", "base_url": "http://h/v1"}, [3000], "anthropic ideators only"),
+           ({**anthropic, "max_tokens": 2000}, [3000, 1500], "max_tokens=2000 must exceed"),
+           ({**anthropic, "temperature": 0.7}, [3000], "temperature 1.0"),
+           (anthropic, [3000, 500], "below the API minimum")]
+    for ideator, budgets, message in bad:
+        with pytest.raises(ConfigError, match=f"c.yaml: search.thinking_budget_by_epoch.*{message}"):
+            from_dict(SearchRunConfig, {"llm": {"ideator": ideator}, "search": {"thinking_budget_by_epoch": budgets}},
+                      "c.yaml")
+    with pytest.raises(ConfigError, match="tokens >= 0"):
+        from_dict(SearchRunConfig, {"llm": {"ideator": anthropic}, "search": {"thinking_budget_by_epoch": [-1]}}, "c")
+
+
+def test_grpo_math_ideation_prompts_prefer_algorithms_over_hyper_parameters() -> None:
+    """The env's ideation_guidance is in every ideation prompt of grpo_math (fresh, exploit, explore), and
+    never in the implementer's prompt; an env without guidance has no such section."""
+    from toolkit.envs import load_env
+    from toolkit.execute.implementer import implement_prompt
+    from toolkit.records import Idea
+    from toolkit.search.ideator import ideate_prompt
+    from toolkit.search.policy import Call
+
+    grpo = load_env("grpo_math")
+    for mode in ("fresh", "exploit", "explore"):
+        prompt = ideate_prompt(grpo, Call(mode, 10), [], ["an earlier idea"], 0.48)
+        guidance = prompt.split("# What to look for")[1].split("# Already proposed")[0]
+        assert "Prefer new training algorithms over hyper-parameter tweaks" in guidance
+        assert "do not propose retuning hyper-parameters on their own" in guidance
+    assert "Prefer new training algorithms" not in implement_prompt(grpo, Idea("i", "Use REINFORCE."))
+    assert "# What to look for" not in ideate_prompt(load_env("tiny_lm"), Call("fresh", 10), [], [], None)

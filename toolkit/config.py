@@ -5,11 +5,12 @@ An unknown key is an error that lists the valid keys with their defaults; units 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from toolkit.errors import ConfigError
 from toolkit.jobenv import secret_like
-from toolkit.llm.base import LLMSettings
+from toolkit.llm.base import LLMConfigError, LLMSettings, check_thinking
 from toolkit.schema import from_dict, load_yaml, override, to_dict  # noqa: F401 (the config API)
 
 CLUSTERS = ("slurm", "local", "debug")
@@ -66,6 +67,9 @@ class ClusterConfig:
 class ImplementConfig:
     samples: int = 10                  # diffs sampled in parallel per idea (paper: 10)
     revisions: int = 2                 # sequential self-revisions of a failing diff (paper: 2)
+    # compile + the env's quick check before a diff wins, a failure going back to revision; false = only
+    # patchability is checked before launch, as in the paper (its execution rates, Fig. 2, were measured so)
+    preflight: bool = True
     quick_check_timeout_s: float = 120.0
     workers: int = 8                   # ideas implemented at once (LLM calls are further capped per client)
     preflight_concurrency: int = 2     # quick checks running at once on the daemon's host
@@ -184,6 +188,9 @@ class SearchConfig:
     epoch_deadline_min: float = 0.0    # 0 = an epoch ends when all its results are in; late results still count
     run_baseline: bool = True          # run the unchanged codebase once, so "beats the baseline" is measured
     max_ideation_failures: int = 5     # failed ideation calls per epoch before the epoch goes on with fewer ideas
+    # the ideator's extended-thinking budget (tokens) per epoch, the last value for every later epoch (the
+    # paper's release: [3000, 1500]); () = llm.ideator.thinking_budget_tokens in every epoch; anthropic only
+    thinking_budget_by_epoch: tuple[int, ...] = ()
     seed: int = 0
     certify: CertifyConfig = field(default_factory=CertifyConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
@@ -193,6 +200,14 @@ class SearchConfig:
             raise ConfigError(f"search.strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if self.epochs < 1 or self.ideas_per_epoch < 1 or self.ideas_per_call < 1:
             raise ConfigError("search.epochs, ideas_per_epoch and ideas_per_call must be at least 1")
+        if any(b < 0 for b in self.thinking_budget_by_epoch):
+            raise ConfigError(f"search.thinking_budget_by_epoch={list(self.thinking_budget_by_epoch)}: budgets are "
+                              f"tokens >= 0 (0 = no thinking in that epoch)")
+
+    def thinking_budget(self, epoch: int) -> int | None:
+        """The ideator's thinking budget in `epoch`; None = the ideator's own settings."""
+        budgets = self.thinking_budget_by_epoch
+        return budgets[min(epoch, len(budgets) - 1)] if budgets else None
 
 
 @dataclass(frozen=True)
@@ -209,3 +224,25 @@ class SearchRunConfig(RunConfig):
     use_real_llm_if_key: bool = False  # quickstart: a configured API key replaces the bundled replay
     serve_llm: ServeConfig = field(default_factory=ServeConfig)   # run the ideator/implementer model on your GPUs
     wandb: WandbSettings = field(default_factory=WandbSettings)   # optional W&B logging (off by default)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_epoch_budgets(self.search, self.llm.ideator)
+
+
+def check_epoch_budgets(search: SearchConfig, ideator: LLMSettings) -> None:
+    """Per-epoch thinking budgets are Anthropic's extended thinking: OpenAI reasoning models take no token budget
+    (their knob is reasoning_effort), and an OpenAI-compatible server has no standard one. Each budget must also
+    fit the ideator's temperature and max_tokens. LLMConfigError is a ValueError: the loader names the file."""
+    budgets = search.thinking_budget_by_epoch
+    if not budgets:
+        return
+    if ideator.provider != "anthropic":
+        raise LLMConfigError(f"search.thinking_budget_by_epoch applies to anthropic ideators only (llm.ideator."
+                             f"provider is {ideator.provider!r}): remove it, or for an OpenAI reasoning model set "
+                             f"llm.ideator.reasoning_effort instead")
+    for budget in budgets:
+        try:
+            check_thinking(dataclasses.replace(ideator, thinking_budget_tokens=budget))
+        except LLMConfigError as exc:
+            raise LLMConfigError(f"search.thinking_budget_by_epoch (with llm.ideator): {exc}") from exc

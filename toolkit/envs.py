@@ -62,6 +62,9 @@ class EnvSpec:
     # against them (full runs only: smoke metrics are not comparable)
     references: dict[str, float] = field(default_factory=dict)
     network: bool = False              # candidate code may open TCP connections (multi-process training)
+    # what the search's ideator should look for (every fresh, exploit and explore prompt); never shown to the
+    # implementer, which implements whatever idea it is given
+    ideation_guidance: str = ""
     root: str = ""                     # the directory env.yaml was loaded from (filled in by load_env)
 
     @property

@@ -2,7 +2,8 @@
 
 Paper: k diffs sampled in parallel, each failing one revised up to `revisions` times with the patch error,
 first diff that applies wins. Ours adds a CPU preflight (byte-compile + the env's quick check): a preflight
-failure goes back to revision, so no GPU time is spent on code that cannot start.
+failure goes back to revision, so no GPU time is spent on code that cannot start. `implement.preflight:
+false` turns it off (the paper's setting: only patchability is checked before launch).
 """
 from __future__ import annotations
 
@@ -142,6 +143,8 @@ class Implementer:
     def _judge(self, sample: int, revision: int, patch: PatchOutcome, dest: Path, race: _Race) -> Attempt:
         if patch.status != "applied":
             return Attempt(sample, revision, patch.status, patch.reason, patch.diff)
+        if not self.cfg.preflight:
+            return self._unchecked(sample, revision, patch, dest, race)
         with race.checking:   # one preflight per idea at a time: a pass settles the race before the next starts
             attempt = self._preflighted(sample, revision, patch, dest, race)
         if attempt.status != "applied":
@@ -157,6 +160,14 @@ class Implementer:
         race.claim(winner := Attempt(sample, revision, "applied", "", patch.diff, str(dest)))
         return winner
 
+    def _unchecked(self, sample: int, revision: int, patch: PatchOutcome, dest: Path, race: _Race) -> Attempt:
+        """Preflight off (the paper's setting): the first diff that applies wins, checked by nothing else."""
+        winner = Attempt(sample, revision, "applied", "", patch.diff, str(dest))
+        if race.claim(winner):
+            return winner
+        shutil.rmtree(dest, ignore_errors=True)
+        return Attempt(sample, revision, "superseded", SUPERSEDED, patch.diff)
+
     def _save_reply(self, cand: CandidatePaths, tag: str, prompt: str, reply: LLMReply) -> None:
         if tag != "s0r0" and not tag.endswith("r0"):
             fsio.atomic_write_text(cand.implement_dir / f"{tag}.prompt.md", prompt)
@@ -171,7 +182,8 @@ class Implementer:
         if win is None:
             return ImplementOutcome(cid=cid, status=_failure_status(attempts), reason=_failure_reason(attempts),
                                     attempts=calls, cost_usd=cost_usd)
-        return ImplementOutcome(cid=cid, status="ready", sample=win.sample, revision=win.revision, preflight="passed",
+        return ImplementOutcome(cid=cid, status="ready", sample=win.sample, revision=win.revision,
+                                preflight="passed" if self.cfg.preflight else "skipped",
                                 diff_lines=len(win.diff.splitlines()), files=_diff_files(win.diff), attempts=calls,
                                 cost_usd=cost_usd)
 

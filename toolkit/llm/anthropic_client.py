@@ -1,6 +1,7 @@
 """Anthropic messages API: one attempt per `_call_once`, streamed or not, extended thinking when budgeted."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import anthropic
@@ -10,36 +11,19 @@ from toolkit.llm.base import (
     CallError,
     ChatRequest,
     LLMClient,
-    LLMConfigError,
     LLMReply,
     LLMSettings,
     OnReply,
     SpendMeter,
     api_key_from_env,
+    check_thinking,
     sdk_errors,
 )
-
-MIN_THINKING_BUDGET_TOKENS = 1024   # the API's floor for budget_tokens
-
-
-def check_thinking(settings: LLMSettings) -> None:
-    """Extended thinking needs temperature 1 and room for an answer after the thinking budget."""
-    budget = settings.thinking_budget_tokens
-    if budget <= 0:
-        return
-    if budget < MIN_THINKING_BUDGET_TOKENS:
-        raise LLMConfigError(f"thinking_budget_tokens={budget} is below the API minimum "
-                             f"{MIN_THINKING_BUDGET_TOKENS}: raise it, or set 0 to turn thinking off")
-    if settings.temperature != 1.0:
-        raise LLMConfigError(f"anthropic extended thinking requires temperature 1.0 (got {settings.temperature}): "
-                             f"set temperature: 1.0, or thinking_budget_tokens: 0")
-    if settings.max_tokens <= budget:
-        raise LLMConfigError(f"max_tokens={settings.max_tokens} must exceed thinking_budget_tokens={budget} "
-                             f"(thinking counts toward max_tokens): raise max_tokens, e.g. to {budget + 8000}")
 
 
 class AnthropicClient(LLMClient):
     billed = True
+    takes_thinking_budget = True
     def __init__(self, settings: LLMSettings, meter: SpendMeter | None = None,
                  on_reply: OnReply | None = None) -> None:
         super().__init__(settings, meter, on_reply)
@@ -59,11 +43,19 @@ class AnthropicClient(LLMClient):
                                   "messages": [{"role": "user", "content": req.prompt}]}
         if req.system:
             params["system"] = req.system
-        if s.thinking_budget_tokens > 0:
-            params["thinking"] = {"type": "enabled", "budget_tokens": s.thinking_budget_tokens}
+        budget = self.thinking_budget(req)
+        if budget > 0:
+            params["thinking"] = {"type": "enabled", "budget_tokens": budget}
         else:   # the SDK no longer takes temperature as a keyword; with thinking on it must stay at 1 (default)
             params["extra_body"] = {"temperature": s.temperature}
         return params
+
+    def thinking_budget(self, req: ChatRequest) -> int:
+        """This call's budget: the request's (the search's per-epoch setting), else the settings'."""
+        if req.thinking_budget_tokens is None:
+            return self.settings.thinking_budget_tokens
+        check_thinking(replace(self.settings, thinking_budget_tokens=req.thinking_budget_tokens))
+        return req.thinking_budget_tokens
 
     def _whole(self, req: ChatRequest) -> LLMReply:
         msg = self._sdk.messages.create(**self._params(req))

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MAX_EMPTY_RETRIES = 2          # an empty reply is retried at most this often (it usually means a thinking overrun)
 MAX_SLEEP_S = 300.0            # cap on one backoff sleep of our own loop
+MIN_THINKING_BUDGET_TOKENS = 1024   # the Anthropic API's floor for budget_tokens
 
 # provider -> "module:Class"; modules load lazily so `import toolkit.llm` never imports a vendor SDK
 PROVIDERS: dict[str, str] = {
@@ -78,11 +79,31 @@ class LLMSettings:
             raise LLMConfigError("llm max_retries and backoff_s must be >= 0")
 
 
+def check_thinking(settings: LLMSettings) -> None:
+    """Anthropic extended thinking needs temperature 1 and room for an answer after the thinking budget. Here,
+    not in the vendor module, so a config can check its per-epoch budgets without importing an SDK."""
+    budget = settings.thinking_budget_tokens
+    if budget <= 0:
+        return
+    if budget < MIN_THINKING_BUDGET_TOKENS:
+        raise LLMConfigError(f"thinking_budget_tokens={budget} is below the API minimum "
+                             f"{MIN_THINKING_BUDGET_TOKENS}: raise it, or set 0 to turn thinking off")
+    if settings.temperature != 1.0:
+        raise LLMConfigError(f"anthropic extended thinking requires temperature 1.0 (got {settings.temperature}): "
+                             f"set temperature: 1.0, or thinking_budget_tokens: 0")
+    if settings.max_tokens <= budget:
+        raise LLMConfigError(f"max_tokens={settings.max_tokens} must exceed thinking_budget_tokens={budget} "
+                             f"(thinking counts toward max_tokens): raise max_tokens, e.g. to {budget + 8000}")
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     prompt: str                 # the user message
     system: str = ""
     tag: str = ""               # free label for accounting (e.g. "implement:<cid>:s3")
+    # this call's extended-thinking budget (anthropic only), e.g. the search's per-epoch one; None = the
+    # settings' thinking_budget_tokens
+    thinking_budget_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +236,7 @@ _RECORD_LOCK = threading.Lock()
 
 class LLMClient(ABC):
     billed = False      # True: the provider charges per token, so an unpriced model deserves a warning
+    takes_thinking_budget = False   # True: a request's thinking_budget_tokens reaches the API (anthropic)
 
     def __init__(self, settings: LLMSettings, meter: SpendMeter | None = None,
                  on_reply: OnReply | None = None) -> None:
@@ -234,6 +256,9 @@ class LLMClient(ABC):
 
     def complete(self, req: ChatRequest) -> LLMReply:
         """Never raises for API trouble; a spent meter gives a "budget" reply without calling the API."""
+        if req.thinking_budget_tokens is not None and not self.takes_thinking_budget:
+            raise LLMConfigError(f"llm provider {self.settings.provider!r} takes no per-call thinking budget "
+                                 f"(request {req.tag!r}); only anthropic does")
         with self._slots:    # the meter is read after the wait for a slot, so queued calls see the cap
             reply = self._budget_reply() if self.meter.exhausted() else self._with_retries(req)
         if reply.status != "budget":

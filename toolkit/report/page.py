@@ -160,8 +160,14 @@ def _plain(value: Any) -> Any:
 
 CAPTIONS = {
     "epochs": "Reward per epoch (ideas only; the baseline is the unchanged codebase). Execution rate = valid "
-              "results / finished ideas; mean_reward_failed_as_0 counts failed runs as 0, as RL does.",
-    "funnel": "Execution funnel per ideator/implementer model.",
+              "results / finished ideas (paper_execution_rate: without the revisions the preflight bought, see the "
+              "funnel); mean_reward_failed_as_0 counts failed runs as 0, as RL does.",
+    "funnel": "Execution funnel per ideator/implementer model. preflight: whether diffs were compiled and "
+              "quick-checked before one won (implement.preflight); preflight_passed = ready to launch. "
+              "execution_rate = valid results / finished ideas, as measured; paper_execution_rate = the same as the "
+              "paper counted it, where only patchability was checked before launch: an idea whose first applied "
+              "diff failed the preflight counts as a failed run, even when a revision then ran (equal to "
+              "execution_rate when the preflight was off).",
     "categories": "Idea categories, judged by an LLM (never guessed: without a judge they read 'not judged').",
     "diversity": "Diversity per epoch: distinct ideas (same word sequence = same idea), mean pairwise Jaccard "
                  "similarity of word sets (lower = more diverse), share of the most common idea.",

@@ -20,7 +20,8 @@ NOT_JUDGED = "not judged"
 JUDGE_FAILED = "judge failed"
 CATEGORIES = ("hyper-parameter", "algorithm")
 EXPORT_COLUMNS = ("run", "cid", "epoch", "origin", "idea", "thinking_tokens", "category", "status", "implement_status",
-                  "patch_applied", "preflight_passed", "job_ran", "valid", "beat_baseline", "metric", "reward",
+                  "preflight", "patch_applied", "preflight_passed", "job_ran", "valid", "paper_valid",
+                  "beat_baseline", "metric", "reward",
                   "metrics", "diff_lines", "llm_cost_usd", "job_id", "node", "gpus", "wall_s", "gpu_hours",
                   "reason", "implement_reason", "ideator_model", "implementer_model", "duplicate_of",
                   "duplicate_score", "verdict", "cert_n", "cert_metric", "cert_low", "cert_high", "cert_reward",
@@ -57,6 +58,11 @@ class RunData:
     def description(self) -> str:
         env_yaml = self.layout.env_dir / "env.yaml"
         return str(load_yaml(env_yaml).get("description", "")).strip() if env_yaml.exists() else ""
+
+    @property
+    def preflight(self) -> bool:
+        """Did the implementer preflight diffs (compile + quick check) before one won? (the default: on)"""
+        return bool(self.config.get("implement", {}).get("preflight", True))
 
     @property
     def smoke(self) -> bool:
@@ -139,6 +145,8 @@ def _add_run_columns(run: RunData, frame: pd.DataFrame, results: list[dict[str, 
     ready = frame["implement_status"] == "ready"
     frame["patch_applied"] = [r or bool(a & {"applied", "preflight_failed"}) for r, a in zip(ready, attempts)]
     frame["preflight_passed"] = ready
+    frame["preflight"] = "on" if run.preflight else "off"
+    frame["paper_valid"] = [paper_valid(v, a) for v, a in zip(frame["valid"], attempts)]
     frame["job_ran"] = [bool(r) and r.get("status") != "lost" for r in results]
     frame["llm_cost_usd"] = [_implement_cost(run, cid, old)
                              for cid, old in zip(frame["cid"], frame["implement_cost_usd"])]
@@ -148,6 +156,16 @@ def _add_run_columns(run: RunData, frame: pd.DataFrame, results: list[dict[str, 
     frame["run"] = run.name
     metrics = pd.DataFrame([_numeric_metrics(r) for r in results], index=frame.index)
     return pd.concat([frame[list(EXPORT_COLUMNS)], metrics], axis=1)
+
+
+def paper_valid(valid: bool, attempt_statuses: set[str]) -> bool:
+    """Valid as the paper would have counted it, where only patchability was checked before launch: the paper
+    launched the first diff that applied, with no revision for a diff that applies but cannot start. Preflights
+    of one idea run one at a time and the first pass ends the race, so an idea with no `preflight_failed`
+    attempt ran the first diff that applied (and counts as measured), while one with any had its first applied
+    diff fail the compile or the quick check, and counts as a failed run even if a revision later ran well.
+    (A quick check failure stands in for a crash at run time.) With the preflight off, this is `valid`."""
+    return bool(valid) and "preflight_failed" not in attempt_statuses
 
 
 def _attempt_statuses(layout: RunLayout, cid: str) -> set[str]:

@@ -14,6 +14,7 @@ from toolkit.report.runs import RunData, baseline_reward, ideas_only, implement_
 from toolkit.search.policy import BASELINE_ID
 
 FUNNEL = ("proposed", "patch_applied", "preflight_passed", "job_ran", "valid_metric", "beat_baseline")
+RATES = ("execution_rate", "paper_execution_rate")
 TOP_IDEAS = 5
 DIFF_LINES_SHOWN = 400
 
@@ -32,11 +33,20 @@ def epoch_table(frame: pd.DataFrame) -> pd.DataFrame:
         best = stats["best_reward"]
         best_so_far = best if best_so_far is None or (best is not None and best > best_so_far) else best_so_far
         rows.append(dict(epoch=int(cast(int, epoch)), ideas=len(group), finished=finished, valid=stats["valid"],
-                         execution_rate=_ratio(stats["valid"], finished), best_reward=best,
+                         **execution_rates(group), best_reward=best,
                          mean_reward=stats["mean_reward"], mean_reward_failed_as_0=_ratio(stats["total"], finished),
                          best_so_far=best_so_far, beat_baseline=_count_true(group["beat_baseline"])))
-    return pd.DataFrame(rows, columns=["epoch", "ideas", "finished", "valid", "execution_rate", "best_reward",
+    return pd.DataFrame(rows, columns=["epoch", "ideas", "finished", "valid", *RATES, "best_reward",
                                        "mean_reward", "mean_reward_failed_as_0", "best_so_far", "beat_baseline"])
+
+
+def execution_rates(ideas: pd.DataFrame) -> dict[str, float | None]:
+    """Valid results per finished idea, as measured, and as the paper would have counted them (`paper_valid`:
+    without the revisions our preflight bought; the same number when the preflight was off). The event-log view
+    (W&B) has no implement records, so no paper rate."""
+    finished = int(_finished(ideas).sum())
+    paper = _ratio(int(ideas["paper_valid"].sum()), finished) if "paper_valid" in ideas else None
+    return dict(execution_rate=_ratio(int(ideas["valid"].sum()), finished), paper_execution_rate=paper)
 
 
 def _finished(frame: pd.DataFrame) -> pd.Series:
@@ -56,13 +66,12 @@ def funnel_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
     ideas = ideas_only(pd.concat(frames, ignore_index=True))
     rows = []
     for (run, ideator, implementer), group in ideas.groupby(["run", "ideator_model", "implementer_model"], sort=False):
-        valid = int(group["valid"].sum())
         counts = dict(proposed=len(group), patch_applied=int(group["patch_applied"].sum()),
                       preflight_passed=int(group["preflight_passed"].sum()), job_ran=int(group["job_ran"].sum()),
-                      valid_metric=valid, beat_baseline=_count_true(group["beat_baseline"]))
-        rate = _ratio(valid, int(_finished(group).sum()))
-        rows.append(dict(run=run, ideator=ideator, implementer=implementer, **counts, execution_rate=rate))
-    return pd.DataFrame(rows, columns=["run", "ideator", "implementer", *FUNNEL, "execution_rate"])
+                      valid_metric=int(group["valid"].sum()), beat_baseline=_count_true(group["beat_baseline"]))
+        rows.append(dict(run=run, ideator=ideator, implementer=implementer, preflight=group["preflight"].iloc[0],
+                         **counts, **execution_rates(group)))
+    return pd.DataFrame(rows, columns=["run", "ideator", "implementer", "preflight", *FUNNEL, *RATES])
 
 
 def category_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -211,7 +220,7 @@ def _ratio(total: float, count: int | None) -> float | None:
 # ---- several runs --------------------------------------------------------------------------------------------
 def comparison_table(runs: list[RunData], frames: list[pd.DataFrame]) -> pd.DataFrame:
     rows = [_comparison_row(run, frame) for run, frame in zip(runs, frames)]
-    return pd.DataFrame(rows, columns=["run", "strategy", "ideator", "epochs", "ideas", "valid", "execution_rate",
+    return pd.DataFrame(rows, columns=["run", "strategy", "ideator", "epochs", "ideas", "valid", *RATES,
                                        "baseline_reward", "best_reward", "best_epoch", "llm_usd", "gpu_hours"])
 
 
@@ -220,7 +229,7 @@ def _comparison_row(run: RunData, frame: pd.DataFrame) -> dict[str, Any]:
     valid = ideas[ideas["valid"]]
     best = valid.loc[valid["reward"].astype(float).idxmax()] if len(valid) else None
     return dict(run=run.name, strategy=run.strategy, ideator=run.ideator_model, epochs=ideas["epoch"].nunique(),
-                ideas=len(ideas), valid=len(valid), execution_rate=_ratio(len(valid), int(_finished(ideas).sum())),
+                ideas=len(ideas), valid=len(valid), **execution_rates(ideas),
                 baseline_reward=baseline_reward(frame), best_reward=None if best is None else float(best["reward"]),
                 best_epoch=None if best is None else int(best["epoch"]), llm_usd=sum(llm_usd_per_epoch(run).values()),
                 gpu_hours=float(frame["gpu_hours"].sum()))

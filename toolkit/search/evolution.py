@@ -226,7 +226,8 @@ class Search:
         """In the ideation thread: the LLM call, then the near-duplicate check (which may call an embeddings
         endpoint); the tick registers both."""
         tag = f"e{epoch}:{len(context['avoid'])}"
-        proposal = self.ideator.propose(call, context["exemplars"], context["avoid"], context["baseline"], tag)
+        proposal = self.ideator.propose(call, context["exemplars"], context["avoid"], context["baseline"], tag,
+                                        self.search.thinking_budget(epoch))
         self._keep_call(f"e{epoch:02d}-{len(context['avoid']):03d}-{call.mode}", proposal)
         try:
             found = self.duplicates(list(proposal.ideas), context["earlier"])

@@ -29,7 +29,7 @@ def ideate_prompt(spec: EnvSpec, call: Call, exemplars: list[CandidateView], avo
     shown = [{"idea": " ".join(v.idea.split()), "outcome": outcome_line(v)} for v in exemplars]
     return render("ideate", description=spec.description.strip(), files=codebase_listing(spec), mode=call.mode,
                   exemplars=shown, avoid=[" ".join(a.split())[:300] for a in avoid], count=call.count,
-                  baseline=baseline)
+                  baseline=baseline, guidance=spec.ideation_guidance.strip())
 
 
 class Ideator:
@@ -38,9 +38,11 @@ class Ideator:
         self.system = render("ideate_system")
 
     def propose(self, call: Call, exemplars: list[CandidateView], avoid: list[str], baseline: float | None,
-                tag: str) -> Proposal:
+                tag: str, thinking_budget_tokens: int | None = None) -> Proposal:
+        """`thinking_budget_tokens`: this call's (the search's per-epoch budget); None = the client's settings."""
         prompt = ideate_prompt(self.spec, call, exemplars, avoid, baseline)
-        reply = self.llm.complete(ChatRequest(prompt=prompt, system=self.system, tag=f"ideate:{call.mode}:{tag}"))
+        reply = self.llm.complete(ChatRequest(prompt=prompt, system=self.system, tag=f"ideate:{call.mode}:{tag}",
+                                              thinking_budget_tokens=thinking_budget_tokens))
         if reply.status != "ok":
             return Proposal("error", reason=f"LLM {reply.status}: {reply.reason}", prompt=prompt)
         ideas = parse_ideas(reply.text)[: call.count]
