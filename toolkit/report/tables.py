@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
@@ -127,19 +127,34 @@ def _versus(spec: EnvSpec, label: str, metric: float | None, best: float | None)
 
 
 # ---- diversity -----------------------------------------------------------------------------------------------
-WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")     # words and numbers such as 0.3 (a learning rate is content)
+# The one definition of idea similarity, for search reports and RL alike (toolkit.rl.metrics imports it):
+# Jaccard similarity of word sets, words lower-cased, numbers such as 0.3 kept whole (a learning rate is content).
+WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+def word_set(text: str) -> frozenset[str]:
+    return frozenset(words(text))
 
 
 def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
+def mean_pairwise_jaccard(sets: Sequence[frozenset[str]]) -> float | None:
+    pairs = [jaccard(a, b) for a, b in itertools.combinations(sets, 2)]
+    return _ratio(sum(pairs), len(pairs))
+
+
 def diversity(texts: list[str]) -> dict[str, Any]:
     """Distinct ideas (same word sequence = same idea), mean pairwise Jaccard of word sets, top idea's share."""
-    tokens = [WORD.findall(t.lower()) for t in texts]
+    tokens = [words(t) for t in texts]
     counts = pd.Series([" ".join(t) for t in tokens], dtype=str).value_counts()
-    pairs = [jaccard(frozenset(a), frozenset(b)) for a, b in itertools.combinations(tokens, 2)]
-    return dict(ideas=len(texts), distinct=int(len(counts)), mean_jaccard=_ratio(sum(pairs), len(pairs)),
+    return dict(ideas=len(texts), distinct=int(len(counts)),
+                mean_jaccard=mean_pairwise_jaccard([frozenset(t) for t in tokens]),
                 top_share=_ratio(float(counts.iloc[0]), len(texts)) if texts else None)
 
 
