@@ -85,17 +85,28 @@ def thinking_table(frame: pd.DataFrame) -> pd.DataFrame:
     columns = ["thinking_tokens", "ideas", "valid", "execution_rate", "mean_reward", "best_reward"]
     ideas = ideas_only(frame)
     ideas = ideas[_finished(ideas) & (pd.to_numeric(ideas["thinking_tokens"]).fillna(0) > 0)]
-    if ideas.empty:
-        return pd.DataFrame(columns=columns)
-    tokens = pd.to_numeric(ideas["thinking_tokens"])
-    bins = pd.qcut(tokens, q=min(THINKING_BINS, tokens.nunique()), duplicates="drop")
     rows = []
-    for _, group in ideas.groupby(bins, observed=True):
-        stats, low, high = _rewards(group), int(group["thinking_tokens"].min()), int(group["thinking_tokens"].max())
-        rows.append(dict(thinking_tokens=f"{low}-{high}" if low != high else str(low), ideas=len(group),
-                         valid=stats["valid"], execution_rate=stats["valid"] / len(group),
-                         mean_reward=stats["mean_reward"], best_reward=stats["best_reward"]))
+    for span, group in quantile_groups(ideas, "thinking_tokens", THINKING_BINS):
+        stats = _rewards(group)
+        rows.append(dict(thinking_tokens=span, ideas=len(group), valid=stats["valid"],
+                         execution_rate=stats["valid"] / len(group), mean_reward=stats["mean_reward"],
+                         best_reward=stats["best_reward"]))
     return pd.DataFrame(rows, columns=columns)
+
+
+def quantile_groups(frame: pd.DataFrame, column: str, bins: int) -> list[tuple[str, pd.DataFrame]]:
+    """The rows in `bins` quantile bins of an integer column (fewer when values repeat), each labelled by the
+    span of values it holds ("120-340", or "120" when one value)."""
+    if frame.empty:
+        return []
+    values = pd.to_numeric(frame[column])
+    cut = pd.qcut(values, q=min(bins, values.nunique()), duplicates="drop")
+    return [(_span(group[column]), group) for _, group in frame.groupby(cut, observed=True)]
+
+
+def _span(values: pd.Series) -> str:
+    low, high = int(values.min()), int(values.max())
+    return f"{low}-{high}" if low != high else str(low)
 
 
 # ---- against published results --------------------------------------------------------------------------------
