@@ -15,7 +15,7 @@ from toolkit.cluster import confine
 
 from toolkit.report import dashboard
 from toolkit.config import CLUSTERS, ClusterConfig, SearchRunConfig, ServeConfig
-from toolkit.report.page import add_report_parser
+from toolkit.rl.report import add_report_parser
 from toolkit.rl.cli import add_rl_parser
 from toolkit.cluster.serve import KEY_ENV, start_server, stop_server, wait_for_endpoint
 from toolkit.loop import run_dir_for, run_search

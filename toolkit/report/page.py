@@ -102,7 +102,8 @@ def html_environment() -> jinja2.Environment:
 
 
 def fmt(column: str, value: Any) -> str:
-    """How a table cell reads: rates as percentages, money in USD, rewards with 4 decimals, none as '-'."""
+    """How a table cell reads: rates as percentages, money in USD, mean token counts with 1 decimal, rewards with
+    4 decimals, none as '-'."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, bool):
@@ -111,6 +112,8 @@ def fmt(column: str, value: Any) -> str:
         return f"{value:.0%}"
     if isinstance(value, (int, float)) and "usd" in column:
         return f"${value:.4f}"
+    if isinstance(value, float) and "tokens" in column:
+        return f"{value:.1f}"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"
     return str(value)
@@ -192,8 +195,8 @@ def _judge_header(judge: CategoryJudge | None) -> dict[str, Any]:
 
 # ---- the command line ----------------------------------------------------------------------------------------
 def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("report", help="HTML page, PNG plots, CSV and Parquet of what a run found")
-    p.add_argument("run_dir", help="a run directory (finished or still running)")
+    p = subparsers.add_parser("report", help="HTML page, PNG plots and CSV of what a search run or an RL run found")
+    p.add_argument("run_dir", help="a search run directory or an RL directory (finished or still running)")
     p.add_argument("--out", help="output directory (default RUN_DIR/report)")
     p.add_argument("--compare", nargs="+", default=[], metavar="OTHER_RUN_DIR",
                    help="other runs to compare with (e.g. a best-of-N run with the same budget)")

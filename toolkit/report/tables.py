@@ -263,11 +263,11 @@ def certification_table(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
     tested = ideas_only(frame)[lambda f: f["verdict"].fillna("") != ""]
     for r in tested.sort_values(["verdict", "cert_metric"]).itertuples():
         rows.append(dict(cid=r.cid, screened=r.metric, rerun_mean=r.cert_metric, ci_low=r.cert_low,
-                         ci_high=r.cert_high, n=r.cert_n, p_value=r.p_value, verdict=r.verdict, idea=_clip(r.idea)))
+                         ci_high=r.cert_high, n=r.cert_n, p_value=r.p_value, verdict=r.verdict, idea=clip(r.idea)))
     return pd.DataFrame(rows, columns=columns)
 
 
-def _clip(text: str, chars: int = 160) -> str:
+def clip(text: str, chars: int = 160) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= chars else line[: chars - 1] + "…"
 
