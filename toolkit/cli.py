@@ -19,8 +19,8 @@ from toolkit.layout import RunLayout
 from toolkit.loop import execute_ideas, run_dir_for, run_search
 from toolkit.records import Idea
 from toolkit.report import dashboard
-from toolkit.report.page import add_report_parser
 from toolkit.rl.cli import add_rl_parser
+from toolkit.rl.report import add_report_parser
 from toolkit.runs import check_inputs, load_run_config, prefer_real_llm, with_llm
 from toolkit.shipped import config_path
 from toolkit.state import load_state

@@ -9,10 +9,9 @@ under --out (default RUN_DIR/report): the page, plots, CSV/Parquet, and the judg
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -94,13 +93,13 @@ def _write(out: Path, runs: list[RunData], frames: list[pd.DataFrame], judge: Ca
     everything = pd.concat(frames, ignore_index=True)
     csv, parquet = out / "ideas.csv", out / "ideas.parquet"
     fsio.atomic_write_text(csv, everything.to_csv(index=False))
-    _atomic_bytes(parquet, everything.to_parquet(index=False))
+    fsio.atomic_write_bytes(parquet, everything.to_parquet(index=False))
     fsio.atomic_write_text(out / "replicas.csv", pd.concat([replica_frame(r) for r in runs]).to_csv(index=False))
     for name, table in tables.items():
         fsio.atomic_write_text(out / f"{name}.csv", table.to_csv(index=False))
     pngs = plots.all_plots(runs, frames, tables)
     for name, png in pngs.items():
-        _atomic_bytes(out / "plots" / f"{name}.png", png)
+        fsio.atomic_write_bytes(out / "plots" / f"{name}.png", png)
     page = render_page(runs, frames, tables, pngs, judge)
     fsio.atomic_write_text(out / "index.html", page)
     return ReportOutcome(html=out / "index.html", csv=csv, parquet=parquet, judge_calls=calls)
@@ -115,26 +114,15 @@ def report_tables(runs: list[RunData], frames: list[pd.DataFrame]) -> dict[str, 
             "spend": spend_table(main, frame), "comparison": comparison_table(runs, frames)}
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---- HTML ----------------------------------------------------------------------------------------------------
-def _html_environment() -> jinja2.Environment:
+def html_environment() -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                               autoescape=True, keep_trailing_newline=True)
 
 
 def fmt(column: str, value: Any) -> str:
-    """How a table cell reads: rates as percentages, money in USD, rewards with 4 decimals, none as '-'."""
+    """How a table cell reads: rates as percentages, money in USD, mean token counts with 1 decimal, rewards with
+    4 decimals, none as '-'."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, bool):
@@ -143,6 +131,8 @@ def fmt(column: str, value: Any) -> str:
         return f"{value:.0%}"
     if isinstance(value, (int, float)) and "usd" in column:
         return f"${value:.4f}"
+    if isinstance(value, float) and "tokens" in column:
+        return f"{value:.1f}"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"
     return str(value)
@@ -190,15 +180,18 @@ CAPTIONS = {
 }
 
 
+def embedded(plots: dict[str, bytes]) -> dict[str, str]:
+    """PNGs as base64 text for data: URLs (the page is self-contained)."""
+    return {name: base64.b64encode(png).decode("ascii") for name, png in plots.items()}
+
+
 def render_page(runs: list[RunData], frames: list[pd.DataFrame], tables: dict[str, pd.DataFrame],
                 plots: dict[str, bytes], judge: CategoryJudge | None) -> str:
-    import base64
-
     main, frame = runs[0], frames[0]
-    return _html_environment().get_template("report.html.j2").render(
+    return html_environment().get_template("report.html.j2").render(
         run=_run_header(main, frame), runs=[_run_header(r, f) for r, f in zip(runs, frames)],
         tables={name: html_table(name, t, CAPTIONS[name]) for name, t in tables.items()},
-        plots={name: base64.b64encode(png).decode("ascii") for name, png in plots.items()},
+        plots=embedded(plots),
         top=top_ideas(main, frame), judge=_judge_header(judge),
         ideas=html_table("ideas", ideas_only(frame)[["cid", "epoch", "origin", "category", "status", "reward",
                                                      "diff_lines", "llm_cost_usd", "job_id", "idea"]], "Every idea."),
@@ -227,8 +220,8 @@ def _judge_header(judge: CategoryJudge | None) -> dict[str, Any]:
 
 # ---- the command line ----------------------------------------------------------------------------------------
 def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("report", help="HTML page, PNG plots, CSV and Parquet of what a run found")
-    p.add_argument("run_dir", help="a run directory (finished or still running)")
+    p = subparsers.add_parser("report", help="HTML page, PNG plots and CSV of what a search run or an RL run found")
+    p.add_argument("run_dir", help="a search run directory or an RL directory (finished or still running)")
     p.add_argument("--out", help="output directory (default RUN_DIR/report)")
     p.add_argument("--compare", nargs="+", default=[], metavar="OTHER_RUN_DIR",
                    help="other runs to compare with (e.g. a best-of-N run with the same budget)")

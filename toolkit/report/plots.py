@@ -26,7 +26,7 @@ def png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
+def axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
     fig = Figure(figsize=SIZE_IN)
     ax = fig.add_subplot()
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
@@ -34,7 +34,7 @@ def _axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
     return fig, ax
 
 
-def _empty(ax: Any, what: str) -> None:
+def empty(ax: Any, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what} yet", ha="center", va="center", transform=ax.transAxes, color="gray")
 
 
@@ -47,9 +47,9 @@ def reward_plot(epochs: pd.DataFrame, base: float | None, band: tuple[float, flo
                 certified: float | None = None) -> bytes:
     """Best and mean per epoch, the baseline, its noise band (mean ± 2 sd over its seeds) and the best
     certified result (the mean of its fresh-seed re-runs)."""
-    fig, ax = _axes("Reward per epoch", "epoch", "reward")
+    fig, ax = axes("Reward per epoch", "epoch", "reward")
     if epochs["valid"].sum() == 0:
-        _empty(ax, "valid results")
+        empty(ax, "valid results")
     x = epochs["epoch"]
     ax.plot(x, epochs["best_reward"].astype(float), "o-", label="best of the epoch")
     ax.plot(x, epochs["mean_reward"].astype(float), "s-", label="mean of valid runs")
@@ -67,7 +67,7 @@ def reward_plot(epochs: pd.DataFrame, base: float | None, band: tuple[float, flo
 
 def comparison_plot(runs: list[RunData], frames: list[pd.DataFrame]) -> bytes:
 
-    fig, ax = _axes("Best reward so far: " + " vs ".join(r.strategy for r in runs), "epoch", "best reward so far")
+    fig, ax = axes("Best reward so far: " + " vs ".join(r.strategy for r in runs), "epoch", "best reward so far")
     for run, frame in zip(runs, frames):
         epochs = epoch_table(frame)
         ax.step(epochs["epoch"], epochs["best_so_far"].astype(float), "o-", where="post",
@@ -80,7 +80,7 @@ def comparison_plot(runs: list[RunData], frames: list[pd.DataFrame]) -> bytes:
 
 def funnel_plot(funnel: pd.DataFrame) -> bytes:
 
-    fig, ax = _axes("Execution funnel", "", "ideas")
+    fig, ax = axes("Execution funnel", "", "ideas")
     width = 0.8 / max(len(funnel), 1)
     for i, row in enumerate(funnel.itertuples(index=False)):
         counts = [getattr(row, stage) or 0 for stage in FUNNEL]
@@ -90,12 +90,12 @@ def funnel_plot(funnel: pd.DataFrame) -> bytes:
     if len(funnel):
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=1)
     else:
-        _empty(ax, "ideas")
+        empty(ax, "ideas")
     return png(fig)
 
 
 def diversity_plot(diversity: pd.DataFrame) -> bytes:
-    fig, ax = _axes("Idea diversity per epoch", "epoch", "share")
+    fig, ax = axes("Idea diversity per epoch", "epoch", "share")
     x = diversity["epoch"]
     ax.plot(x, diversity["distinct"] / diversity["ideas"].clip(lower=1), "o-", label="distinct / ideas")
     ax.plot(x, diversity["mean_jaccard"].astype(float), "s-", label="mean pairwise Jaccard")
@@ -108,7 +108,7 @@ def diversity_plot(diversity: pd.DataFrame) -> bytes:
 
 def spend_plot(spend: pd.DataFrame) -> bytes:
     rows = spend[spend["epoch"] != "all"]
-    fig, ax = _axes("LLM spend and GPU-hours per epoch", "epoch", "LLM USD")
+    fig, ax = axes("LLM spend and GPU-hours per epoch", "epoch", "LLM USD")
     ax.bar(rows["epoch"].astype(str), rows["llm_usd"].astype(float), color="tab:blue", alpha=0.7, label="LLM USD")
     gpu = ax.twinx()
     gpu.plot(rows["epoch"].astype(str), rows["gpu_hours"].astype(float), "o-", color="tab:red", label="GPU-hours")
@@ -120,7 +120,7 @@ def spend_plot(spend: pd.DataFrame) -> bytes:
 
 
 def category_plot(categories: pd.DataFrame) -> bytes:
-    fig, ax = _axes("Idea categories", "", "ideas")
+    fig, ax = axes("Idea categories", "", "ideas")
     ax.bar(categories["category"], categories["ideas"], color="tab:gray", label="ideas")
     ax.bar(categories["category"], categories["valid"], color="tab:green", label="valid results")
     ax.legend(fontsize=8)

@@ -84,7 +84,8 @@ def _model(config: dict[str, Any], role: str) -> str:
 def load_run(run_dir: Path) -> RunData:
     layout = RunLayout(Path(run_dir))
     if not layout.events.exists():
-        raise ConfigError(f"{layout.events}: not found; is {layout.root} a toolkit run directory?")
+        raise ConfigError(f"{layout.events}: not found; is {layout.root} a toolkit run directory (a search run, or an "
+                          "RL directory with its config.yaml)?")
     state = load_state(layout)
     config = load_yaml(layout.config) if layout.config.exists() else {}
     strategy = state.meta.get("search", {}).get("strategy", "execute")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import pandas as pd
@@ -95,17 +95,28 @@ def thinking_table(frame: pd.DataFrame) -> pd.DataFrame:
     columns = ["thinking_tokens", "ideas", "valid", "execution_rate", "mean_reward", "best_reward"]
     ideas = ideas_only(frame)
     ideas = ideas[_finished(ideas) & (pd.to_numeric(ideas["thinking_tokens"]).fillna(0) > 0)]
-    if ideas.empty:
-        return pd.DataFrame(columns=columns)
-    tokens = pd.to_numeric(ideas["thinking_tokens"])
-    bins = pd.qcut(tokens, q=min(THINKING_BINS, tokens.nunique()), duplicates="drop")
     rows = []
-    for _, group in ideas.groupby(bins, observed=True):
-        stats, low, high = _rewards(group), int(group["thinking_tokens"].min()), int(group["thinking_tokens"].max())
-        rows.append(dict(thinking_tokens=f"{low}-{high}" if low != high else str(low), ideas=len(group),
-                         valid=stats["valid"], execution_rate=stats["valid"] / len(group),
-                         mean_reward=stats["mean_reward"], best_reward=stats["best_reward"]))
+    for span, group in quantile_groups(ideas, "thinking_tokens", THINKING_BINS):
+        stats = _rewards(group)
+        rows.append(dict(thinking_tokens=span, ideas=len(group), valid=stats["valid"],
+                         execution_rate=stats["valid"] / len(group), mean_reward=stats["mean_reward"],
+                         best_reward=stats["best_reward"]))
     return pd.DataFrame(rows, columns=columns)
+
+
+def quantile_groups(frame: pd.DataFrame, column: str, bins: int) -> list[tuple[str, pd.DataFrame]]:
+    """The rows in `bins` quantile bins of an integer column (fewer when values repeat), each labelled by the
+    span of values it holds ("120-340", or "120" when one value)."""
+    if frame.empty:
+        return []
+    values = pd.to_numeric(frame[column])
+    cut = pd.qcut(values, q=min(bins, values.nunique()), duplicates="drop")
+    return [(_span(group[column]), group) for _, group in frame.groupby(cut, observed=True)]
+
+
+def _span(values: pd.Series) -> str:
+    low, high = int(values.min()), int(values.max())
+    return f"{low}-{high}" if low != high else str(low)
 
 
 # ---- against published results --------------------------------------------------------------------------------
@@ -137,19 +148,34 @@ def _versus(spec: EnvSpec, label: str, metric: float | None, best: float | None)
 
 
 # ---- diversity -----------------------------------------------------------------------------------------------
-WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")     # words and numbers such as 0.3 (a learning rate is content)
+# The one definition of idea similarity, for search reports and RL alike (toolkit.rl.metrics imports it):
+# Jaccard similarity of word sets, words lower-cased, numbers such as 0.3 kept whole (a learning rate is content).
+WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+def word_set(text: str) -> frozenset[str]:
+    return frozenset(words(text))
 
 
 def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
+def mean_pairwise_jaccard(sets: Sequence[frozenset[str]]) -> float | None:
+    pairs = [jaccard(a, b) for a, b in itertools.combinations(sets, 2)]
+    return _ratio(sum(pairs), len(pairs))
+
+
 def diversity(texts: list[str]) -> dict[str, Any]:
     """Distinct ideas (same word sequence = same idea), mean pairwise Jaccard of word sets, top idea's share."""
-    tokens = [WORD.findall(t.lower()) for t in texts]
+    tokens = [words(t) for t in texts]
     counts = pd.Series([" ".join(t) for t in tokens], dtype=str).value_counts()
-    pairs = [jaccard(frozenset(a), frozenset(b)) for a, b in itertools.combinations(tokens, 2)]
-    return dict(ideas=len(texts), distinct=int(len(counts)), mean_jaccard=_ratio(sum(pairs), len(pairs)),
+    return dict(ideas=len(texts), distinct=int(len(counts)),
+                mean_jaccard=mean_pairwise_jaccard([frozenset(t) for t in tokens]),
                 top_share=_ratio(float(counts.iloc[0]), len(texts)) if texts else None)
 
 
@@ -249,11 +275,11 @@ def certification_table(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
     tested = ideas[ideas["verdict"].fillna("") != ""]
     for r in tested.sort_values(["verdict", "cert_metric"]).itertuples():
         rows.append(dict(cid=r.cid, screened=r.metric, rerun_mean=r.cert_metric, ci_low=r.cert_low,
-                         ci_high=r.cert_high, n=r.cert_n, p_value=r.p_value, verdict=r.verdict, idea=_clip(r.idea)))
+                         ci_high=r.cert_high, n=r.cert_n, p_value=r.p_value, verdict=r.verdict, idea=clip(r.idea)))
     return pd.DataFrame(rows, columns=columns)
 
 
-def _clip(text: str, chars: int = 160) -> str:
+def clip(text: str, chars: int = 160) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= chars else line[: chars - 1] + "…"
 

@@ -15,6 +15,7 @@
   checkpoints/step-000003/         policy/ (weights or adapter), optimizer.pt, rng.pt, state.json, archive.json
   trainer_jobs/                    submitit folder when the trainer runs as a SLURM job
   trainer_job.json                 that job's id (the same command re-attaches to it while it lives)
+  report/                          `toolkit report RL_DIR`: index.html, plots/, CSV (the default --out)
 """
 from __future__ import annotations
 
@@ -104,8 +105,22 @@ class RLLayout:
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
 
+    @property
+    def steps(self) -> Path:
+        return self.root / "steps"
+
     def step(self, n: int) -> StepPaths:
-        return StepPaths(self.root / "steps" / f"step-{n:04d}")
+        return StepPaths(self.steps / f"step-{n:04d}")
+
+    def step_numbers(self) -> list[int]:
+        """Steps that have a directory (sampled at least), oldest first."""
+        if not self.steps.is_dir():
+            return []
+        return sorted(int(p.name.split("-")[1]) for p in self.steps.glob("step-*") if p.is_dir())
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
 
     def requested_steps(self) -> list[int]:
         """Steps whose ideas a trainer handed over and the daemon has not yet executed, oldest first."""

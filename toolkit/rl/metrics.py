@@ -1,54 +1,51 @@
 """Per-step metrics: rewards, execution rate, lengths, diversity, time split; and their Rich table.
 
-Diversity is measured on word sets (lower-cased alphanumeric words): the paper's collapse is the same idea in
-different words, so "distinct" counts clusters of ideas whose Jaccard similarity reaches a threshold (greedy
-leader clustering, in sampling order), and the top share is the largest cluster's share of the group.
+Diversity is measured with the search report's one definition of similarity (toolkit.report.tables: Jaccard
+of word sets): the paper's collapse is the same idea in different words, so "distinct" counts clusters of ideas
+whose Jaccard similarity reaches a threshold (greedy leader clustering, in sampling order), and the top share is
+the largest cluster's share of the group.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import combinations
 from typing import Any
 
 from rich import box
 from rich.console import Group
 from rich.table import Table
 
-WORD = re.compile(r"[a-z0-9_]+")
-
-
-def word_set(text: str) -> frozenset[str]:
-    return frozenset(WORD.findall(text.lower()))
-
-
-def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
-    if not a and not b:
-        return 1.0
-    return len(a & b) / len(a | b)
+from toolkit.report.tables import jaccard, mean_pairwise_jaccard, word_set
 
 
 def max_jaccard(words: frozenset[str], others: Iterable[frozenset[str]]) -> float:
     return max((jaccard(words, o) for o in others), default=0.0)
 
 
-def mean_pairwise_jaccard(sets: Sequence[frozenset[str]]) -> float | None:
-    pairs = [jaccard(a, b) for a, b in combinations(sets, 2)]
-    return sum(pairs) / len(pairs) if pairs else None
+def clusters(sets: Sequence[frozenset[str]], threshold: float) -> list[list[int]]:
+    """Greedy leader clustering in order: each idea joins the first leader it overlaps by `threshold`, else leads
+    a new cluster. Returns each cluster's member indices. Identical word sets land together without a comparison
+    (a collapsed run repeats ideas verbatim, so a whole run's ideas cluster in about one pass)."""
+    leaders: list[frozenset[str]] = []
+    members: list[list[int]] = []
+    known: dict[frozenset[str], int] = {}
+    for i, words in enumerate(sets):
+        home = known[words] if words in known else _leader(words, leaders, threshold)
+        if home == len(leaders):
+            leaders.append(words)
+            members.append([])
+        known[words] = home
+        members[home].append(i)
+    return members
+
+
+def _leader(words: frozenset[str], leaders: Sequence[frozenset[str]], threshold: float) -> int:
+    """The first leader `words` overlaps by `threshold`; len(leaders) when none does."""
+    return next((k for k, lead in enumerate(leaders) if jaccard(words, lead) >= threshold), len(leaders))
 
 
 def cluster_sizes(sets: Sequence[frozenset[str]], threshold: float) -> list[int]:
-    leaders: list[frozenset[str]] = []
-    sizes: list[int] = []
-    for words in sets:
-        home = next((k for k, lead in enumerate(leaders) if jaccard(words, lead) >= threshold), None)
-        if home is None:
-            leaders.append(words)
-            sizes.append(1)
-        else:
-            sizes[home] += 1
-    return sizes
+    return [len(c) for c in clusters(sets, threshold)]
 
 
 @dataclass(frozen=True)
