@@ -19,9 +19,9 @@ import yaml
 
 from helpers import copy_env, make_diff
 from toolkit.config import ClusterConfig, ImplementConfig, LLMConfig, RunConfig
-from toolkit.executor import execute_ideas
 from toolkit.layout import RunLayout
 from toolkit.llm.base import LLMSettings
+from toolkit.loop import execute_ideas
 from toolkit.records import Idea
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 

@@ -35,6 +35,7 @@ from toolkit.state import RunState
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 # One ideation call per epoch (3 ideas each); the markers tell the fake implementer what diff to write.
@@ -544,3 +545,33 @@ def test_judge_needs_a_model() -> None:
 
     with pytest.raises(ConfigError, match="--judge-model"):
         judge_settings("anthropic", "")
+
+
+@pytest.mark.parametrize("env", ["nanogpt", "grpo_math"])
+def test_the_paper_figures_are_set_only_against_the_recipe_they_were_measured_with(tmp_path: Path, env: str) -> None:
+    """env.yaml's references hold for the codebase it ships (references_recipe); a run of another recipe (here
+    nanogpt's documented 16,000-step variant) still sees them, marked as not comparable and not compared."""
+    import shutil
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from toolkit.envs import load_env, tree_sha256
+    from toolkit.report.tables import reference_table, same_recipe
+
+    shipped = load_env(str(ROOT / "envs" / env))
+    assert same_recipe(shipped), (f"envs/{env}/code changed: if the paper's figures still hold for it, set "
+                                  f"references_recipe: {tree_sha256(shipped.code_dir)} in envs/{env}/env.yaml")
+    copy = tmp_path / env
+    shutil.copytree(ROOT / "envs" / env, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    train = copy / "code" / "train.py"
+    train.write_text(train.read_text().replace("num_iterations = 26_880", "num_iterations = 16_000")
+                     if env == "nanogpt" else train.read_text() + "\n# another recipe\n")
+    frame = pd.DataFrame([{"cid": "baseline", "valid": True, "metric": 3.3, "reward": 1 / 3.3},
+                          {"cid": "e00-000", "valid": True, "metric": 3.2, "reward": 1 / 3.2}])
+    for spec, comparable in ((shipped, True), (load_env(str(copy)), False)):
+        table = reference_table(SimpleNamespace(env_spec=lambda spec=spec: spec, smoke=False), frame)
+        papers = table[table["result"].str.startswith("reference: paper")]
+        assert len(papers) == len(shipped.references)
+        assert papers["result"].str.contains("another recipe: not comparable").eq(not comparable).all()
+        assert papers["best_found_vs_this"].notna().eq(comparable).all()

@@ -61,6 +61,9 @@ class EnvSpec:
     # published results in metric units ("paper: best human": 0.688); `toolkit report` sets the best found
     # against them (full runs only: smoke metrics are not comparable)
     references: dict[str, float] = field(default_factory=dict)
+    # tree_sha256 of code/ as the references were measured: a run whose codebase differs (another
+    # recipe) gets them marked as not comparable in its report; "" = not recorded (no such check)
+    references_recipe: str = ""
     network: bool = False              # candidate code may open TCP connections (multi-process training)
     # what the search's ideator should look for (every fresh, exploit and explore prompt); never shown to the
     # implementer, which implements whatever idea it is given

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import pandas as pd
 
-from toolkit.envs import EnvSpec
+from toolkit.envs import EnvSpec, tree_sha256
 from toolkit.layout import RunLayout
 from toolkit.report.runs import RunData, baseline_reward, ideas_only, implement_cid
 from toolkit.search.policy import BASELINE_ID
@@ -121,7 +121,8 @@ def _span(values: pd.Series) -> str:
 
 # ---- against published results --------------------------------------------------------------------------------
 def reference_table(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
-    """The run's measured baseline and best found result next to the env's `references` (metric units)."""
+    """The run's measured baseline and best found result next to the env's `references` (metric units). A
+    reference measured with another recipe than this run's codebase is said to be so, not compared."""
     columns = ["result", "metric", "best_found_vs_this", "best_found_better"]
     spec = run.env_spec()
     if spec is None or frame.empty:
@@ -134,10 +135,18 @@ def reference_table(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
     others = [("this run: baseline (measured)", float(base["metric"].iloc[0]) if not base.empty else None)]
     if not run.smoke:  # a smoke run's metric is not the env's real metric
         others += [(f"reference: {name}", float(value)) for name, value in spec.references.items()]
-    compared = [_versus(spec, label, metric, best_metric) for label, metric in others]
+    same = same_recipe(spec)
+    compared = [_versus(spec, label, metric, best_metric) if same or not label.startswith("reference")
+                else _versus(spec, f"{label} (measured with another recipe: not comparable)", metric, None)
+                for label, metric in others]
     best_row = _versus(spec, f"this run: best found ({best['cid']})" if best is not None else "this run: best found",
                        best_metric, None)
     return pd.DataFrame([compared[0], best_row, *compared[1:]], columns=columns)
+
+
+def same_recipe(spec: EnvSpec) -> bool:
+    """Whether this run's codebase is the one the env's references were measured with (when recorded)."""
+    return not spec.references_recipe or tree_sha256(spec.code_dir) == spec.references_recipe
 
 
 def _versus(spec: EnvSpec, label: str, metric: float | None, best: float | None) -> dict[str, Any]:
