@@ -12,17 +12,20 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from helpers import copy_env, make_diff, scripted
+from toolkit.cli import main
 from toolkit.config import ClusterConfig, DiskConfig, ImplementConfig, LLMConfig, RunConfig, from_dict
-from toolkit.disk import human_bytes, prune_outputs
+from toolkit.disk import human_bytes, prune_outputs, tree_bytes
 from toolkit.errors import ConfigError
 from toolkit.execute.keep import to_prune
 from toolkit.layout import CandidatePaths, RunLayout
 from toolkit.llm.base import LLMSettings
 from toolkit.loop import execute_ideas
 from toolkit.records import Idea
+from toolkit.report.page import build_report
 from toolkit.state import RunState, load_state
 from toolkit.testing.fake_llm import FakeLLMServer
 
@@ -123,6 +126,20 @@ def test_a_planted_symlink_is_not_followed(pruned_run) -> None:
     assert (outside / "big.bin").stat().st_size == 2 * CKPT_BYTES
 
 
+def test_status_and_report_give_the_size_and_what_was_freed(pruned_run, tmp_path: Path, capsys) -> None:
+    layout, _ = pruned_run
+    assert main(["status", str(layout.root)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    size = tree_bytes(layout.root)
+    assert f"disk: run directory {human_bytes(size)}; large outputs removed: {human_bytes(10 * CKPT_BYTES)} " \
+           "from 5 finished run(s)" in out
+    build_report(layout.root, tmp_path / "report")
+    row = pd.read_csv(tmp_path / "report" / "disk.csv").iloc[0]
+    assert row["freed_bytes"] == 10 * CKPT_BYTES and row["runs_pruned"] == 5 and row["runs_keeping_outputs"] == 1
+    assert size <= row["run_dir_bytes"] and row["keep_top_k"] == 1
+    assert human_bytes(10 * CKPT_BYTES) in (tmp_path / "report" / "index.html").read_text()
+
+
 def test_a_restart_finishes_pruning_and_does_not_fail_on_what_is_gone(pruned_run, tmp_path: Path) -> None:
     """A crash after removing and before recording: the restart prunes again (nothing left: 0 bytes), even where
     a whole output dir is gone; nothing is submitted again, nothing pruned twice."""
@@ -214,3 +231,11 @@ def test_disk_config_is_strict() -> None:
 def test_human_bytes() -> None:
     assert [human_bytes(n) for n in (0, 999, 1500, 2_500_000, 3 * 10**9)] == ["0 B", "999 B", "1.5 kB", "2.5 MB",
                                                                               "3.0 GB"]
+
+
+def test_a_batch_log_says_what_was_removed() -> None:
+    from toolkit.report.progress import event_line
+
+    event = {"kind": "pruned", "cid": "idea-7", "bytes": 2_000_000, "files": ["code/ckpt.pt", "scratch/x.bin"]}
+    assert event_line(event) == "removed 2.0 MB of large outputs of idea-7 (code/ckpt.pt, scratch/x.bin)"
+    assert event_line({**event, "bytes": 0, "files": []}) is None        # nothing to say

@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from toolkit.cluster import confine
+from toolkit.disk import tree_bytes
 
 from toolkit.report import dashboard
 from toolkit.config import CLUSTERS, ClusterConfig, SearchRunConfig, ServeConfig
@@ -101,6 +102,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     state = load_state(layout)
     view = dashboard.search_view(state) if "search" in state.meta else dashboard.execute_view(state)
     console.print(view)
+    console.print(dashboard.disk_line(state, tree_bytes(layout.root)))
     holder = layout.lock.read_text().strip() if layout.lock.exists() else ""
     console.print(f"daemon: {'running (' + holder + ')' if holder else 'not running'}")
     return 0
