@@ -132,7 +132,7 @@ def test_status_and_report_give_the_size_and_what_was_freed(pruned_run, tmp_path
     out = " ".join(capsys.readouterr().out.split())
     size = tree_bytes(layout.root)
     assert f"disk: run directory {human_bytes(size)}; large outputs removed: {human_bytes(10 * CKPT_BYTES)} " \
-           "from 5 finished run(s)" in out
+           "(5 finished run(s) pruned)" in out
     build_report(layout.root, tmp_path / "report")
     row = pd.read_csv(tmp_path / "report" / "disk.csv").iloc[0]
     assert row["freed_bytes"] == 10 * CKPT_BYTES and row["runs_pruned"] == 5 and row["runs_keeping_outputs"] == 1
