@@ -14,6 +14,7 @@ from rich.console import Console
 from toolkit.cluster import confine
 from toolkit.cluster.serve import KEY_ENV, start_server, stop_server, wait_for_endpoint
 from toolkit.config import CLUSTERS, ClusterConfig, SearchRunConfig, ServeConfig
+from toolkit.disk import tree_bytes
 from toolkit.errors import ConfigError, ToolkitError
 from toolkit.layout import RunLayout
 from toolkit.loop import execute_ideas, run_dir_for, run_search
@@ -99,6 +100,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     state = load_state(layout)
     view = dashboard.search_view(state) if "search" in state.meta else dashboard.execute_view(state)
     console.print(view)
+    console.print(dashboard.disk_line(state, tree_bytes(layout.root)))
     holder = layout.lock.read_text().strip() if layout.lock.exists() else ""
     console.print(f"daemon: {'running (' + holder + ')' if holder else 'not running'}")
     return 0

@@ -76,6 +76,20 @@ class ImplementConfig:
 
 
 @dataclass(frozen=True)
+class DiskConfig:
+    """Disk hygiene (toolkit/disk.py): once a run is scored, its large outputs (checkpoints) are removed unless
+    the keep policy keeps them: an ok candidate among the best `keep_top_k` by reward; nothing else."""
+    prune: bool = True                 # false: every run keeps all its outputs
+    keep_top_k: int = 5                # ok candidates that keep their large outputs, best reward first (0 = none)
+    large_file_mb: float = 10.0        # a file at least this big in a run's code dir or scratch is a large output
+
+    def __post_init__(self) -> None:
+        if self.keep_top_k < 0 or self.large_file_mb <= 0:
+            raise ConfigError(f"disk.keep_top_k={self.keep_top_k} must be >= 0 and disk.large_file_mb="
+                              f"{self.large_file_mb} > 0 (disk.prune: false keeps everything)")
+
+
+@dataclass(frozen=True)
 class LLMConfig:
     ideator: LLMSettings = field(default_factory=LLMSettings)
     implementer: LLMSettings = field(default_factory=LLMSettings)
@@ -90,6 +104,7 @@ class RunConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     implement: ImplementConfig = field(default_factory=ImplementConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    disk: DiskConfig = field(default_factory=DiskConfig)
     # how candidate code is confined: auto (landlock, else bwrap, else apptainer) | landlock | bwrap |
     # apptainer | none (unconfined: scores can then be forged; an explicit opt-out, announced loudly)
     sandbox: str = "auto"

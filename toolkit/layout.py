@@ -15,6 +15,8 @@ runs/<name>/
   candidates/<cid>/job.json      submission record (job id, array task), written by the scheduler
   candidates/<cid>/result.json   written by the worker, atomically, once per attempt
   candidates/<cid>/worker.log    run + eval output
+  candidates/<cid>/scratch/      the run's scratch (TOOLKIT_SCRATCH, HOME, TMPDIR of its confined steps)
+  candidates/<cid>/control/      the confinement launcher's reports, out of the candidate's reach
   replicas/<cid>~s<seed>/        a re-run of a candidate (or the baseline) with a fresh seed: the same
                                  files as a candidate, its code rebuilt from the snapshot + patch.diff
   jobs/                          submitit folders (%A_%a)
@@ -83,6 +85,11 @@ class CandidatePaths:
     @property
     def scratch(self) -> Path:
         return self.root / "scratch"
+
+    @property
+    def outputs(self) -> tuple[Path, Path]:
+        """The dirs candidate code writes (its checkpoints land there); every other file here is the toolkit's."""
+        return (self.code, self.scratch)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ class CandidateView:
     seed: int = -1                     # TOOLKIT_SEED of the run; -1 = the codebase's own (screening runs)
     duplicate_of: str = ""             # a near-duplicate of this earlier idea (toolkit/dedup.py)
     duplicate_score: float = 0.0
+    pruned_bytes: int | None = None    # large outputs removed by the disk policy (toolkit/disk.py); None: kept
     # replicas (noise floor, certification re-runs) only
     parent: str = ""                   # the candidate re-run
     purpose: str = ""                  # floor | certify
@@ -201,6 +202,10 @@ def _on_result(state: RunState, e: dict[str, Any]) -> None:
                  job_phase="finished", finished_at=e.get("t", 0.0))
 
 
+def _on_pruned(state: RunState, e: dict[str, Any]) -> None:
+    state.update(e["cid"], pruned_bytes=e.get("bytes", 0))
+
+
 def _on_replicas_planned(state: RunState, e: dict[str, Any]) -> None:
     """A noise floor or a certification round: its replicas exist (as ready runs) from this event on."""
     for run in e["runs"]:
@@ -288,7 +293,7 @@ _HANDLERS = {"epoch_started": _on_epoch_started, "epoch_ended": _on_epoch_ended,
              "meta": _on_meta, "pinned": _on_pinned, "alarm": _on_alarm,
              "replicas_planned": _on_replicas_planned, "verdict": _on_verdict, "round_judged": _on_round_judged,
              "certify_stopped": _on_certify_stopped, "noise_floor": _on_noise_floor,
-             "certify_checked": _on_certify_checked}
+             "certify_checked": _on_certify_checked, "pruned": _on_pruned}
 
 
 class EventLog:

@@ -3,8 +3,9 @@
 A stage of the one daemon loop (`toolkit.loop`), which owns the run directory's lock; the pipeline is the
 single writer of its event log. A tick never blocks on the LLM or the cluster for long: implementations run
 in a thread pool (a finished one sets `wake`, so the loop need not poll for it), jobs run on the cluster, and
-each tick only harvests what finished, submits what is ready as one array, and collects results. SLURM is
-asked for job states at `poll_s` at most, and less often while nothing changes.
+each tick only harvests what finished, submits what is ready as one array, collects results and removes the
+large outputs of finished runs that the keep policy lets go (toolkit.execute.keep). SLURM is asked for job
+states at `poll_s` at most, and less often while nothing changes.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from toolkit.cluster.base import Cluster, ClusterError, JobState
 from toolkit.cluster.worker import WorkerTask
 from toolkit.config import RunConfig
 from toolkit.envs import EnvSpec, data_dirs
+from toolkit.execute import keep
 from toolkit.execute.implementer import Implementer
 from toolkit.layout import RunLayout, is_replica
 from toolkit.llm.base import SpendMeter
@@ -127,6 +129,7 @@ class Pipeline:
         self.start_implementations()
         self.schedule()
         self.collect()
+        self.prune_outputs()
         self.record_spend()
         self.log.sync()
         return self.next_due_s()
@@ -377,6 +380,11 @@ class Pipeline:
     def _final(self, view: CandidateView, status: str, reason: str) -> None:
         self.log.emit("result", cid=view.cid, status=status, job_id=view.job_id, attempt=view.attempt,
                       reason=reason, wall_s=0.0)
+
+    def prune_outputs(self) -> None:
+        """Large outputs of finished runs the keep policy (`disk`) no longer keeps: removed, then recorded."""
+        for cid in keep.to_prune(self.state, self.p.cfg.disk):
+            self.log.emit("pruned", **keep.prune_run(self.p.layout, cid, self.p.cfg.disk))
 
     def record_spend(self) -> None:
         if abs(self.p.meter.spent_usd - self.state.llm_spend_usd) > 1e-9:

@@ -7,6 +7,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from toolkit.disk import human_bytes
 from toolkit.state import CandidateView, RunState
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "timeout": "yellow", "invalid": "magenta", "lost": "red",
@@ -67,6 +68,13 @@ def summary(state: RunState) -> Text:
         done = sum(1 for v in state.replicas.values() if v.status)
         parts.append(f"re-runs {done}/{len(state.replicas)}")
     return Text(" | ".join(parts))
+
+
+def disk_line(state: RunState, run_dir_bytes: int) -> Text:
+    """The run directory's size (measured by the caller) and what the keep policy (`disk`) removed."""
+    pruned = [v.pruned_bytes for v in state.runs() if v.pruned_bytes is not None]
+    return Text(f"disk: run directory {human_bytes(run_dir_bytes)}; large outputs removed: "
+                f"{human_bytes(sum(pruned))} ({len(pruned)} finished run(s) pruned)")
 
 
 def results_progress(state: RunState) -> Table:

@@ -22,6 +22,7 @@ import jinja2
 import pandas as pd
 
 from toolkit import fsio
+from toolkit.disk import human_bytes
 from toolkit.layout import RunLayout
 from toolkit.llm.base import PROVIDERS, LLMClient, make_client
 from toolkit.prompts import TEMPLATES
@@ -40,6 +41,7 @@ from toolkit.report.tables import (
     certification_summary,
     certification_table,
     comparison_table,
+    disk_table,
     diversity_table,
     epoch_table,
     funnel_table,
@@ -111,7 +113,7 @@ def report_tables(runs: list[RunData], frames: list[pd.DataFrame]) -> dict[str, 
             "certification": certification_table(main, frame),
             "certification_summary": certification_summary(main, frame),
             "thinking": thinking_table(frame), "categories": category_table(frame), "diversity": diversity_table(frame),
-            "spend": spend_table(main, frame), "comparison": comparison_table(runs, frames)}
+            "spend": spend_table(main, frame), "comparison": comparison_table(runs, frames), "disk": disk_table(main)}
 
 
 # ---- HTML ----------------------------------------------------------------------------------------------------
@@ -129,6 +131,8 @@ def fmt(column: str, value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, (int, float)) and ("rate" in column or "share" in column):
         return f"{value:.0%}"
+    if isinstance(value, (int, float)) and column.endswith("_bytes"):
+        return human_bytes(value)
     if isinstance(value, (int, float)) and "usd" in column:
         return f"${value:.4f}"
     if isinstance(value, float) and "tokens" in column:
@@ -174,6 +178,9 @@ CAPTIONS = {
                              "(tested x alpha), what re-runs cost against screening (GPU-hours; task-hours for a "
                              "CPU-only environment), and the near-duplicate ideas skipped with the hours they would "
                              "have cost (at the mean cost of a screening run).",
+    "disk": "The run directory's size, and the large outputs (files of at least large_file_mb in a run's code dir "
+            "or scratch: checkpoints) removed once scored: every run's but the keep_top_k best ok candidates' "
+            "(config `disk`). runs_keeping_outputs counts finished runs whose outputs are all still there.",
     "thinking": "Finished ideas in quartiles of the ideator's thinking length (tokens; for API models the whole "
                 "ideation call's thinking, about characters / 4): execution rate and reward per quartile. Empty when "
                 "no thinking was recorded (a model without extended thinking).",

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from toolkit.disk import human_bytes
 from toolkit.state import RunState
 
 log = logging.getLogger("toolkit.report.progress")
@@ -28,6 +29,12 @@ def _submitted(e: dict[str, Any]) -> str:
     return f"submitted {e['cid']} as job {e['job_id']}" + (f" (retry {e['attempt']})" if e.get("attempt") else "")
 
 
+def _pruned(e: dict[str, Any]) -> str | None:
+    if not e.get("bytes"):
+        return None
+    return f"removed {human_bytes(e['bytes'])} of large outputs of {e['cid']} ({', '.join(e.get('files', [])[:3])})"
+
+
 def _implemented(e: dict[str, Any]) -> str | None:
     if e.get("status") == "ready":
         return None
@@ -38,6 +45,7 @@ LINES: dict[str, Callable[[dict[str, Any]], str | None]] = {
     "submitted": _submitted,
     "result": _result,
     "implemented": _implemented,
+    "pruned": _pruned,
     "lost": lambda e: f"lost {e['cid']} (job {e['job_id']}: {e.get('raw') or 'no state'})",
     "verdict": lambda e: f"{e['cid']}: {e['verdict']} ({e.get('reason', '')[:240]})",
     "noise_floor": lambda e: f"baseline noise floor: {e['mean']:.4g} ± {e['sd']:.3g} over {e['n']} seeds",

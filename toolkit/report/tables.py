@@ -8,6 +8,7 @@ from typing import Any, cast
 
 import pandas as pd
 
+from toolkit.disk import tree_bytes
 from toolkit.envs import EnvSpec, tree_sha256
 from toolkit.layout import RunLayout
 from toolkit.report.runs import RunData, baseline_reward, ideas_only, implement_cid
@@ -309,6 +310,18 @@ def certification_summary(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
                screening_hours=screen, certification_hours=cert,
                certification_share=cert / (screen + cert) if screen + cert else None,
                duplicates_skipped=dups, duplicate_hours_avoided=dups * (sum(ran) / len(ran) if ran else 0.0))
+    return pd.DataFrame([row])
+
+
+def disk_table(run: RunData) -> pd.DataFrame:
+    """The run directory's size now, and the large outputs the keep policy (config `disk`) removed."""
+    runs = run.state.runs()
+    pruned = [v.pruned_bytes for v in runs if v.pruned_bytes is not None]
+    policy = run.config.get("disk", {})
+    row = dict(run_dir_bytes=tree_bytes(run.layout.root), freed_bytes=sum(pruned), runs_pruned=len(pruned),
+               runs_keeping_outputs=sum(1 for v in runs if v.status and v.pruned_bytes is None),
+               prune=policy.get("prune"), keep_top_k=policy.get("keep_top_k"),
+               large_file_mb=policy.get("large_file_mb"))
     return pd.DataFrame([row])
 
 
