@@ -1,5 +1,5 @@
 """The red team: attack diffs on tiny_lm, each what an LLM under search pressure could write, with the outcome
-the defences must produce. Used by tests/test_redteam_slurm.py (one real executor batch on the dev cluster)
+the defences must produce. Used by tests/slurm/test_redteam_slurm.py (one real executor batch on the dev cluster)
 and listed in the README's red-team table.
 
 Each attack is inserted at the top of train.py's main() (or at module level, or as a new file). Run-time

@@ -22,7 +22,7 @@ from toolkit.loop import execute_ideas
 from toolkit.records import Idea
 from toolkit.testing.fake_llm import FakeLLMServer
 
-CODE = Path(__file__).resolve().parent.parent / "envs" / "impossible" / "code"
+CODE = Path(__file__).resolve().parents[2] / "envs" / "impossible" / "code"
 BOUND = math.log(16)
 
 

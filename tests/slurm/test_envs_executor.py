@@ -34,7 +34,7 @@ from toolkit.search.policy import BASELINE_ID
 from toolkit.state import CandidateView, RunState
 from toolkit.testing.fake_llm import FakeLLMServer
 
-ENVS = Path(__file__).resolve().parent.parent / "envs"
+ENVS = Path(__file__).resolve().parents[2] / "envs"
 NOT_CODE = shutil.ignore_patterns("__pycache__", "*.pyc", "ckpt.pt*")
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

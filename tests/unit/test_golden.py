@@ -14,7 +14,7 @@ from toolkit.envs import Resources
 from toolkit.report import dashboard
 from toolkit.state import RunState
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
 
 def sbatch_text(tmp_path: Path) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-ENV_DIR = Path(__file__).resolve().parents[1] / "envs" / "tiny_lm"
+ENV_DIR = Path(__file__).resolve().parents[2] / "envs" / "tiny_lm"
 CODE_DIR = ENV_DIR / "code"
 MODULES = ("data", "train", "eval")
 CAUSAL = "is_causal=True)"

@@ -19,7 +19,7 @@ pytest.importorskip("math_verify")
 
 from toolkit.envs import load_env  # noqa: E402
 
-ENV_DIR = Path(__file__).resolve().parent.parent / "envs" / "grpo_math"
+ENV_DIR = Path(__file__).resolve().parents[2] / "envs" / "grpo_math"
 CODE = ENV_DIR / "code"
 STEP_TIMEOUT_S = 240
 

@@ -15,7 +15,7 @@ from helpers import copy_env
 from search_helpers import toy_search_responder
 from toolkit.testing.fake_llm import FakeLLMServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sacct_states(job_id: str) -> list[str]:

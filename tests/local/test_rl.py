@@ -40,7 +40,7 @@ from toolkit.rl.trainer import Trainer
 from toolkit.state import CandidateView
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IDEA = re.compile(r"# The idea to implement\n(.*?)\n\n# Your answer", re.S)
 CLOSE, EOS = 7, 9
 

@@ -34,8 +34,8 @@ from toolkit.report.wandb_log import WandbLogger
 from toolkit.state import RunState
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 # One ideation call per epoch (3 ideas each); the markers tell the fake implementer what diff to write.

@@ -18,7 +18,7 @@ import torch
 from toolkit import jobenv
 from toolkit.envs import load_env
 
-ENV_DIR = Path(__file__).resolve().parent.parent / "envs" / "nanogpt"
+ENV_DIR = Path(__file__).resolve().parents[2] / "envs" / "nanogpt"
 CODE_DIR = ENV_DIR / "code"
 
 

@@ -15,7 +15,7 @@ from toolkit.llm.prices import price_per_mtok
 from toolkit.llm.replay import rough_tokens
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SYSTEM, PROMPT = "You are a careful researcher.", "Propose one idea to lower the validation loss."
 
 
