@@ -348,3 +348,48 @@ def test_a_failing_sbatch_backs_off_instead_of_retrying_every_tick(tmp_path: Pat
     assert len(tries) == 3 and len(failed) == 3, tries             # t = 0, 10, 30: not 40 tries
     assert [f["retry_in_s"] for f in failed] == [10.0, 20.0, 40.0]
     assert "Invalid partition" in failed[0]["reason"]
+
+
+def test_ready_runs_wait_briefly_for_implementations_in_flight_to_share_one_array(tmp_path: Path) -> None:
+    """A finished implementation wakes the loop at once; its run waits up to BATCH_WINDOW_S for others still
+    in flight so that they go out as one array (one sbatch), and goes at once when nothing else is in flight."""
+    from concurrent.futures import Future
+
+    from toolkit.execute.pipeline import BATCH_WINDOW_S
+
+    arrays = []
+
+    class Recording(StubCluster):
+        def submit(self, tasks, resources, job_name):
+            arrays.append(sorted(Path(t.cand_dir).name for t in tasks))
+            return super().submit(tasks, resources, job_name)
+
+        def states(self, job_ids):
+            return {j: JobState("RUNNING", "running") for j in job_ids}
+
+    daemon = collector(tmp_path, [])
+    daemon.p.cluster = Recording(daemon.p.layout.jobs, daemon.p.cfg.cluster)
+    now = [1000.0]
+    daemon.clock = lambda: now[0]
+
+    def ready(cid: str) -> None:
+        paths = daemon.p.layout.candidate(cid)
+        shutil.copytree(daemon.p.spec.code_dir, paths.code)
+        fsio.atomic_write_json(paths.idea, to_json(Idea(idea_id=cid, text=cid)))
+        fsio.atomic_write_json(paths.implement, to_json(ImplementOutcome(cid=cid, status="ready")))
+        fsio.atomic_write_text(paths.ready, "")
+        daemon.listing = (-1, 0.0)
+
+    daemon.inflight["busy"] = Future()          # another implementation still running
+    ready("a")
+    assert daemon.tick() == pytest.approx(BATCH_WINDOW_S) and arrays == []
+    now[0] += 1.0
+    ready("b")
+    assert daemon.tick() == pytest.approx(BATCH_WINDOW_S - 1.0) and arrays == []
+    now[0] += BATCH_WINDOW_S - 1.0
+    daemon.tick()
+    assert arrays == [["a", "b"]]                # one array for both
+    del daemon.inflight["busy"]
+    ready("c")
+    daemon.tick()
+    assert arrays == [["a", "b"], ["c"]]         # nothing in flight: no reason to wait

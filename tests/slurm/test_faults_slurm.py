@@ -49,8 +49,9 @@ def job_of(run: Path, marker: str, timeout_s: float = 300) -> str:
 
 def kill_worker(job_id: str) -> None:
     """SIGKILL the task's worker process and everything under it: the task dies without a result file."""
-    array, task = job_id.split("_")
-    marks = (f"SLURM_ARRAY_JOB_ID={array}".encode(), f"SLURM_ARRAY_TASK_ID={task}".encode(), b"SUBMITIT_EXECUTOR")
+    array, _, task = job_id.partition("_")     # a batch of one is a plain job (submitit), not an array task
+    ids = (f"SLURM_ARRAY_JOB_ID={array}", f"SLURM_ARRAY_TASK_ID={task}") if task else (f"SLURM_JOB_ID={job_id}",)
+    marks = (*(i.encode() for i in ids), b"SUBMITIT_EXECUTOR")
     for proc in Path("/proc").iterdir():
         try:
             environ = (proc / "environ").read_bytes()

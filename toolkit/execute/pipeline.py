@@ -33,6 +33,7 @@ from toolkit.records import Idea, from_json, result_event, to_json
 from toolkit.state import CandidateView, EventLog
 
 SUBMIT_BACKOFF_MAX_S = 600.0       # a failing sbatch (a bad partition, a full queue) is retried at most this rarely
+BATCH_WINDOW_S = 2.0               # a ready run waits this long for implementations finishing: one array, not many
 POLL_BACKOFF_MAX = 4               # job states unchanged: ask SLURM at poll_s, 2x, 4x poll_s, no less often
 FULL_LISTING_S = 60.0
 
@@ -67,6 +68,8 @@ class Pipeline:
         self.cluster_due_at = 0.0   # when the collector may next ask the cluster for job states
         self.poll_interval_s = parts.cfg.cluster.poll_s   # grows while the answers do not change
         self.last_states: dict[str, str] = {}
+        self.ready_seen: dict[str, float] = {}   # when each run was first seen ready (the batch window)
+        self.batch_due_at = 0.0
         self.wake = threading.Event()   # set when an implementation finishes: the loop need not poll for it
         self.submit_due_at = 0.0    # after a failed sbatch: when to try again (exponential backoff)
         self.submit_failures = 0
@@ -142,6 +145,8 @@ class Pipeline:
             dues.append(self.submit_due_at - now)
         if self.pending_jobs():
             dues.append(self.cluster_due_at - now)
+        if self.inflight and self.batch_due_at > now:
+            dues.append(self.batch_due_at - now)
         return max(0.0, min(dues))
 
     def done(self) -> bool:
@@ -241,12 +246,21 @@ class Pipeline:
             return
         ready = [v for v in self._views(lambda v: v.implement_status == "ready" and not v.job_id and not v.status)
                  if self.p.layout.candidate(v.cid).ready.exists()]
+        if not ready or self._batch_open(ready):
+            return
         try:
             ready = self.reattach(ready)
         except ClusterError as exc:   # nobody knows whether the array went out: nothing is submitted again yet
             return self._submit_failed(ready, exc)
         if ready:
             self.submit(ready, attempt=0)
+
+    def _batch_open(self, ready: list[CandidateView]) -> bool:
+        """While implementations are in flight, the first ready run waits up to BATCH_WINDOW_S for others to
+        join its array (a finished implementation wakes the loop at once; sbatch per run is what sites hate)."""
+        now = self.clock()
+        self.batch_due_at = min(self.ready_seen.setdefault(v.cid, now) for v in ready) + BATCH_WINDOW_S
+        return bool(self.inflight) and now < self.batch_due_at
 
     def reattach(self, views: list[CandidateView]) -> list[CandidateView]:
         """After a crash between sbatch and its event: find the array by its unique name instead of
@@ -282,6 +296,8 @@ class Pipeline:
 
     def _record_submitted(self, cids: list[str], job_ids: list[str], attempt: int) -> None:
         self.just_submitted.update(cids)
+        for cid in cids:
+            self.ready_seen.pop(cid, None)
         for cid, job_id in zip(cids, job_ids):
             self.log.emit("submitted", cid=cid, job_id=job_id, attempt=attempt, cluster=self.p.cluster.name,
                           gpus=self.p.spec.resources.gpus * self.p.spec.resources.nodes)
