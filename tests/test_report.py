@@ -98,7 +98,7 @@ def search_run(root: Path, strategy: str) -> Path:
             "cluster": {"cluster": "slurm", "partition": "h100", "poll_s": 0.5, "lost_grace_s": 30},
             "search": {"epochs": 2, "ideas_per_epoch": 3, "ideas_per_call": 3, "strategy": strategy}}, "test")
         state = run_search(root / strategy, cfg, Console(record=True), live=False)
-    assert state.meta.get("finished"), f"the {strategy} search did not finish: {state.meta}"
+    assert state.search.finished, f"the {strategy} search did not finish: {state.search}"
     return root / strategy
 
 

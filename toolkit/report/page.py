@@ -205,7 +205,7 @@ def _run_header(run: RunData, frame: pd.DataFrame) -> dict[str, Any]:
     certified = ideas[ideas["verdict"].fillna("") == "certified"]["cert_reward"].max() if not ideas.empty else None
     return dict(name=run.name, path=str(run.layout.root), strategy=run.strategy, ideator=run.ideator_model,
                 implementer=run.implementer_model, env=str(run.config.get("env", "")),
-                status="running" if run.running else ("finished" if run.state.meta.get("finished") else "stopped"),
+                status="running" if run.running else ("finished" if run.state.search.finished else "stopped"),
                 baseline="-" if base is None else fmt("reward", base), ideas=len(ideas),
                 best_screened=fmt("reward", _plain(best)), best_certified=fmt("reward", _plain(certified)))
 

@@ -13,8 +13,7 @@ from toolkit.config import load_yaml
 from toolkit.envs import EnvSpec, load_env
 from toolkit.errors import ConfigError, EnvError
 from toolkit.layout import RunLayout
-from toolkit.search.policy import BASELINE_ID
-from toolkit.state import RunState, load_state
+from toolkit.state import BASELINE_ID, RunState, load_state
 
 NOT_JUDGED = "not judged"
 JUDGE_FAILED = "judge failed"
@@ -52,7 +51,7 @@ class RunData:
 
     @property
     def running(self) -> bool:
-        return not self.state.meta.get("finished") and self.layout.lock.exists()
+        return not self.state.search.finished and self.layout.lock.exists()
 
     @property
     def description(self) -> str:
@@ -88,7 +87,7 @@ def load_run(run_dir: Path) -> RunData:
                           "RL directory with its config.yaml)?")
     state = load_state(layout)
     config = load_yaml(layout.config) if layout.config.exists() else {}
-    strategy = state.meta.get("search", {}).get("strategy", "execute")
+    strategy = state.search.strategy
     return RunData(name=layout.root.resolve().name, layout=layout, state=state, config=config, strategy=strategy,
                    llm_calls=tuple(fsio.read_jsonl(layout.llm_calls)), events=tuple(fsio.read_jsonl(layout.events)))
 

@@ -11,7 +11,7 @@ import pandas as pd
 from toolkit.envs import EnvSpec, tree_sha256
 from toolkit.layout import RunLayout
 from toolkit.report.runs import RunData, baseline_reward, ideas_only, implement_cid
-from toolkit.search.policy import BASELINE_ID
+from toolkit.state import BASELINE_ID
 
 FUNNEL = ("proposed", "patch_applied", "preflight_passed", "job_ran", "valid_metric", "beat_baseline")
 RATES = ("execution_rate", "paper_execution_rate")
@@ -272,14 +272,14 @@ def _comparison_row(run: RunData, frame: pd.DataFrame) -> dict[str, Any]:
 
 def certification_table(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
     columns = ["cid", "screened", "rerun_mean", "ci_low", "ci_high", "n", "p_value", "verdict", "idea"]
-    floor = run.state.meta.get("floor")
+    floor = run.state.certification.floor
     rows = []
-    if floor:
-        note = ("floor: every seed gave the same metric (the env ignores TOOLKIT_SEED)" if floor.get("seed_ignored")
+    if floor is not None:
+        note = ("floor: every seed gave the same metric (the env ignores TOOLKIT_SEED)" if floor.seed_ignored
                 else "noise floor")
-        rows.append(dict(cid="baseline", screened=None, rerun_mean=floor["mean"], ci_low=floor["mean"] - floor["sd"],
-                         ci_high=floor["mean"] + floor["sd"], n=floor["n"], p_value=None, verdict=note,
-                         idea=f"the unchanged codebase: mean ± sd over {floor['n']} seeds"))
+        rows.append(dict(cid="baseline", screened=None, rerun_mean=floor.mean, ci_low=floor.mean - floor.sd,
+                         ci_high=floor.mean + floor.sd, n=floor.n, p_value=None, verdict=note,
+                         idea=f"the unchanged codebase: mean ± sd over {floor.n} seeds"))
     ideas = ideas_only(frame)
     tested = ideas[ideas["verdict"].fillna("") != ""]
     for r in tested.sort_values(["verdict", "cert_metric"]).itertuples():
@@ -298,7 +298,7 @@ def certification_summary(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
 
     ideas = ideas_only(frame)
     verdicts = ideas["verdict"].fillna("")
-    alpha = run.state.meta.get("search", {}).get("certify", {}).get("alpha")
+    alpha = run.state.search.config.get("certify", {}).get("alpha")
     screen, cert = hours(run.state)
     ran = [run_hours(v) for v in run.state.candidates.values() if v.status == "ok"]
     dups = int((ideas["duplicate_of"].fillna("") != "").sum())

@@ -64,7 +64,7 @@ class WandbLogger:
     def log_epoch(self, state: RunState) -> None:
         """One row per ended epoch, logged once, with the run's spend so far."""
 
-        ended = [e for e in state.meta.get("epochs_ended", []) if e not in self.epochs]
+        ended = [e for e in state.search.epochs_ended if e not in self.epochs]
         if not ended:
             return
         epochs = epoch_table(state_frame(state)).set_index("epoch")
