@@ -281,6 +281,15 @@ def _evolve(view: CandidateView, changes: dict[str, Any]) -> CandidateView:
     return new
 
 
+_BLANK = CandidateView(cid="")
+
+
+def view_of(fields: dict[str, Any]) -> CandidateView:
+    """A view from some of its fields (the rest at their defaults), as fast as the fold builds them: a report
+    reads thousands of rows as views."""
+    return _evolve(_BLANK, fields)
+
+
 def _on_idea(state: RunState, e: dict[str, Any]) -> None:
     state.update(e["idea_id"], idea=e["text"], epoch=e.get("epoch", 0), origin=e.get("origin", ""),
                  thinking_tokens=e.get("thinking_tokens", 0))

@@ -14,7 +14,7 @@ from toolkit.config import load_yaml
 from toolkit.envs import EnvSpec, load_env
 from toolkit.errors import ConfigError, EnvError
 from toolkit.layout import RunLayout
-from toolkit.state import BASELINE_ID, CandidateView, RunState, load_state, valid_result
+from toolkit.state import BASELINE_ID, CandidateView, RunState, load_state, valid_result, view_of
 
 NOT_JUDGED = "not judged"
 JUDGE_FAILED = "judge failed"
@@ -115,10 +115,10 @@ FRAME_VIEW_COLUMNS = ("cid", "epoch", "implement_status", "status", "metric", "r
 
 def frame_views(frame: pd.DataFrame) -> list[CandidateView]:
     """The frame's rows as candidate views, holding the frame's outcome (in `ideas_table`, the result files')."""
-    rows = zip(*(frame[c] if c in frame else [None] * len(frame) for c in FRAME_VIEW_COLUMNS))
-    return [CandidateView(cid=cid, epoch=int(epoch or 0), implement_status=_text(impl), status=_text(status),
-                          metric=_number(metric), reward=_number(reward), verdict=_text(verdict),
-                          cert_reward=_number(cert))
+    rows = zip(*(frame[c].tolist() if c in frame else [None] * len(frame) for c in FRAME_VIEW_COLUMNS))
+    return [view_of(dict(cid=cid, epoch=int(epoch or 0), implement_status=_text(impl), status=_text(status),
+                         metric=_number(metric), reward=_number(reward), verdict=_text(verdict),
+                         cert_reward=_number(cert)))
             for cid, epoch, impl, status, metric, reward, verdict, cert in rows]
 
 
@@ -127,7 +127,8 @@ def _text(value: Any) -> Any:
 
 
 def _number(value: Any) -> float | None:
-    return None if value is None or pd.isna(value) else float(value)
+    """A float, or None for a missing one (None, NaN or pandas' NA)."""
+    return float(value) if isinstance(value, (int, float)) and value == value else None
 
 
 def baseline_reward(frame: pd.DataFrame) -> float | None:

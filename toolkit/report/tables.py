@@ -209,7 +209,10 @@ def clusters(sets: Sequence[frozenset[str]], threshold: float) -> list[list[int]
 
 
 def _leader(words: frozenset[str], leaders: Sequence[frozenset[str]], threshold: float) -> int:
-    """The first leader `words` overlaps by `threshold`; len(leaders) when none does."""
+    """The first leader `words` overlaps by `threshold`; len(leaders) when none does. At a threshold of 1 only
+    the same set is the same idea, and `clusters` finds those without comparing."""
+    if threshold >= SAME_WORDS:
+        return len(leaders)
     return next((k for k, lead in enumerate(leaders) if jaccard(words, lead) >= threshold), len(leaders))
 
 

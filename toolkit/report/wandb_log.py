@@ -2,7 +2,7 @@
 
 Off by default. `mode: offline` needs no network or account (sync later with `wandb sync DIR`). `wandb` is an
 optional dependency (`pip install 'toolkit[wandb]'`), imported only when logging is enabled. The numbers are
-the report's own (`toolkit.report.tables.epoch_table` and `diversity_table` on the event-log view) and the run
+the report's own (`toolkit.report.tables.epoch_table` and `diversity` on the event-log view) and the run
 summary is the live view's (`toolkit.state`'s baseline reward, best and execution rate), so W&B, `toolkit status`
 and `toolkit report` agree.
 
@@ -19,8 +19,8 @@ from typing import Any
 
 from toolkit.config import WandbSettings
 from toolkit.errors import ConfigError
-from toolkit.report.runs import state_frame
-from toolkit.report.tables import diversity_table, epoch_table
+from toolkit.report.runs import ideas_only, state_frame
+from toolkit.report.tables import diversity, epoch_table
 from toolkit.state import BASELINE_ID, CandidateView, RunState
 
 
@@ -70,11 +70,11 @@ class WandbLogger:
         if not ended:
             return
         frame = state_frame(state)
-        diversity = diversity_table(frame).drop(columns="ideas").set_index("epoch")
-        epochs = epoch_table(frame).set_index("epoch").join(diversity)
+        epochs, ideas = epoch_table(frame).set_index("epoch"), ideas_only(frame)
         for epoch in ended:
             self.epochs.add(epoch)
-            stats = epochs.loc[epoch].to_dict() if epoch in epochs.index else {}
+            spread = diversity(list(ideas.loc[ideas["epoch"] == epoch, "idea"])).__dict__   # the report's diversity
+            stats = {**spread, **(epochs.loc[epoch].to_dict() if epoch in epochs.index else {})}
             row = {"epoch/epoch": epoch, "epoch/llm_usd_so_far": state.llm_spend_usd,
                    "epoch/gpu_hours_so_far": state.gpu_hours, **{f"epoch/{k}": v for k, v in stats.items()}}
             self.run.log(_known(row))
