@@ -97,10 +97,12 @@ def body(work: Path, report: Report) -> None:
     if done.returncode != 0:
         raise RuntimeError(f"the search failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
     state = load_state(RunLayout(work / "run"))
-    floor = state.meta["floor"]
-    report.add(f"noise floor of tiny_lm{' (smoke)' if smoke else ''}: val loss over {floor['n']} seeds",
-               f"{floor['mean']:.4f} ± {floor['sd']:.4f} (sd)", "", "sd > 0 (the env honours TOOLKIT_SEED)",
-               floor["sd"] > 0)
+    floor = state.certification.floor
+    if floor is None:
+        raise RuntimeError("the search recorded no noise floor")
+    report.add(f"noise floor of tiny_lm{' (smoke)' if smoke else ''}: val loss over {floor.n} seeds",
+               f"{floor.mean:.4f} ± {floor.sd:.4f} (sd)", "", "sd > 0 (the env honours TOOLKIT_SEED)",
+               floor.sd > 0)
     truth = {m: t for m, _, _, t, _ in IDEAS}
     for view in sorted(state.candidates.values(), key=lambda v: v.cid):
         if view.cid == "baseline":

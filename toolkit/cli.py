@@ -98,7 +98,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not layout.events.exists():
         raise ConfigError(f"{layout.events}: not found; is {layout.root} a toolkit run directory?")
     state = load_state(layout)
-    view = dashboard.search_view(state) if "search" in state.meta else dashboard.execute_view(state)
+    view = dashboard.search_view(state) if state.search.started else dashboard.execute_view(state)
     console.print(view)
     console.print(dashboard.disk_line(state, tree_bytes(layout.root)))
     holder = layout.lock.read_text().strip() if layout.lock.exists() else ""

@@ -166,7 +166,7 @@ def run_search(run_dir: Path, cfg: SearchRunConfig, console: Console, live: bool
             run(loop, console, live)
         finally:
             loop.close()
-        if loop.state.meta.get("finished") and cfg.serve_llm.model:
+        if loop.state.search.finished and cfg.serve_llm.model:
             stop_server(cfg.cluster, run_dir)  # the served model stops with the search
     finally:
         lock.release()

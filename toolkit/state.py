@@ -4,9 +4,11 @@ The daemon is the single writer of events.jsonl; everything else (status, dashbo
 """
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -14,9 +16,19 @@ if TYPE_CHECKING:
 from toolkit import fsio
 from toolkit.layout import RunLayout, is_replica
 
+BASELINE_ID = "baseline"               # the unchanged codebase, run as a candidate of its own
+
+ImplementStatus = Literal["", "implementing", "ready", "failed", "invalid", "duplicate"]   # "" = not yet
+ResultStatus = Literal["", "ok", "failed", "timeout", "invalid", "lost"]                   # "" = no result yet
+JobPhase = Literal["", "queued", "running", "finished", "unknown"]                         # "" = not submitted
+VerdictLabel = Literal["", "certified", "not significant", "unreproducible"]               # "" = not tested
+Purpose = Literal["", "floor", "certify"]                                                 # "" = not a replica
 # Stages a candidate passes through, in order; the dashboard counts them.
-STAGES = ("proposed", "duplicate", "implementing", "applied", "refused", "impl_failed", "queued", "running",
-          "ok", "failed", "timeout", "invalid", "lost")
+Stage = Literal["proposed", "duplicate", "implementing", "applied", "refused", "impl_failed", "queued", "running",
+                "ok", "failed", "timeout", "invalid", "lost"]
+STAGES: tuple[Stage, ...] = get_args(Stage)
+_IMPLEMENT_STAGES: dict[str, Stage] = {"ready": "applied", "invalid": "refused", "failed": "impl_failed",
+                                       "implementing": "implementing"}
 
 
 @dataclass(frozen=True)
@@ -25,15 +37,15 @@ class CandidateView:
     idea: str = ""
     epoch: int = 0
     origin: str = ""
-    implement_status: str = ""         # "" (not yet) | implementing | ready | failed | invalid
+    implement_status: ImplementStatus = ""
     implement_reason: str = ""
     implement_cost_usd: float = 0.0
     diff_lines: int = 0
     job_id: str = ""
     attempt: int = 0
-    job_phase: str = ""                # queued | running | finished | unknown
+    job_phase: JobPhase = ""
     job_raw: str = ""
-    status: str = ""                   # result status: ok | failed | timeout | invalid | lost
+    status: ResultStatus = ""
     reason: str = ""
     metric: float | None = None
     reward: float | None = None
@@ -50,10 +62,10 @@ class CandidateView:
     pruned_bytes: int | None = None    # large outputs removed by the disk policy (toolkit/disk.py); None: kept
     # replicas (noise floor, certification re-runs) only
     parent: str = ""                   # the candidate re-run
-    purpose: str = ""                  # floor | certify
+    purpose: Purpose = ""
     round: int = -1                    # the certification round
     # certification of a candidate, from its fresh-seed re-runs (toolkit/certify.py)
-    verdict: str = ""                  # "" (not tested) | certified | not significant | unreproducible
+    verdict: VerdictLabel = ""
     verdict_reason: str = ""
     cert_round: int = -1
     cert_n: int = 0                    # re-runs that ended ok
@@ -64,19 +76,28 @@ class CandidateView:
     p_value: float | None = None       # one-sided Welch t-test against the round's baseline re-runs
 
     @property
-    def stage(self) -> str:
+    def stage(self) -> Stage:
         if self.status:
             return self.status
         if self.implement_status == "duplicate":
             return "duplicate"
         if self.job_id:
             return "running" if self.job_phase == "running" else "queued"
-        return {"ready": "applied", "invalid": "refused", "failed": "impl_failed",
-                "implementing": "implementing"}.get(self.implement_status, "proposed")
+        return _IMPLEMENT_STAGES.get(self.implement_status, "proposed")
 
     @property
     def terminal(self) -> bool:
         return bool(self.status) or self.implement_status in ("failed", "invalid", "duplicate")
+
+    @property
+    def finished(self) -> bool:
+        """Has an outcome the execution rate counts: a result, or an implementation that failed (a duplicate
+        skipped by policy has neither: it never tried to run)."""
+        return bool(self.status) or self.implement_status in ("failed", "invalid")
+
+    @property
+    def valid(self) -> bool:
+        return valid_result(self.status, self.reward)
 
     @property
     def ranking_reward(self) -> float | None:
@@ -85,11 +106,121 @@ class CandidateView:
         return self.cert_reward if self.cert_reward is not None else self.reward
 
 
+def valid_result(status: str, reward: float | None) -> bool:
+    """The paper's valid result: the run ended ok with a non-zero reward (a failed run earns 0; NaN is no result)."""
+    return status == "ok" and reward is not None and reward != 0 and not math.isnan(reward)
+
+
+# ---- the run's quantities, one definition each (the dashboard, the report, W&B and RL use these) ----------------
+def finished_ideas(views: Iterable[CandidateView]) -> list[CandidateView]:
+    """The ideas the execution rate counts: finished, the baseline aside (it is no idea)."""
+    return [v for v in views if v.finished and v.cid != BASELINE_ID]
+
+
+def execution_rate(views: Iterable[CandidateView]) -> float | None:
+    """Valid results per finished idea (the paper's execution rate); None before any idea finished."""
+    done = finished_ideas(views)
+    return sum(1 for v in done if v.valid) / len(done) if done else None
+
+
+def best_screened(views: Iterable[CandidateView]) -> CandidateView | None:
+    """The idea (the baseline aside) with the best valid screening reward; the first one on a tie."""
+    return max((v for v in views if v.valid and v.cid != BASELINE_ID), key=_reward, default=None)
+
+
+def best_certified(views: Iterable[CandidateView]) -> CandidateView | None:
+    """The certified idea with the best mean reward over its fresh-seed re-runs."""
+    done = (v for v in views if v.verdict == "certified" and v.cert_reward is not None)
+    return max(done, key=lambda v: float(v.cert_reward or 0.0), default=None)
+
+
+def baseline_reward(views: Mapping[str, CandidateView]) -> float | None:
+    """The baseline's screening reward, when its run is valid (None: not run, not yet, or it failed)."""
+    base = views.get(BASELINE_ID)
+    return base.reward if base is not None and base.valid else None
+
+
+def _reward(view: CandidateView) -> float:
+    return float(view.reward or 0.0)
+
+
+# ---- what the log says beyond the candidates ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class NoiseFloor:
+    """The baseline's spread across seeds (a `noise_floor` event): what noise alone does to the metric."""
+    n: int                             # runs that ended ok
+    mean: float                        # their mean metric
+    sd: float
+    mean_reward: float | None
+    seed_ignored: bool                 # every seed gave the same metric: the env ignores TOOLKIT_SEED
+    runs: int                          # runs of the floor, failed ones included
+
+
+@dataclass(frozen=True)
+class Round:
+    """A certification round (a `replicas_planned` event with purpose certify)."""
+    cids: tuple[str, ...]              # the candidates re-run
+    epoch: int                         # the epoch after which it was planned
+    rids: tuple[str, ...]              # its replicas, the baseline's included
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A submission started (a `submitting` event): a restart finds the array by its name (`RunState.intents`)."""
+    cids: tuple[str, ...]
+    attempt: int
+
+
+@dataclass
+class SearchProgress:
+    """The search's progress, from its events; `started` is False for an execute-only run."""
+    started: bool = False
+    config: dict[str, Any] = field(default_factory=dict)   # the search config as started (`search_started`)
+    replay: bool = False               # LLM answers come from a recording
+    epoch: int = 0
+    epoch_started_at: float | None = None
+    plan: list[tuple[str, int]] = field(default_factory=list)   # this epoch's ideation calls: (mode, ideas)
+    epochs_ended: list[int] = field(default_factory=list)
+    ideation_failures: dict[int, int] = field(default_factory=dict)   # epoch -> failed ideation calls
+    stopping: str = ""                 # why no new work starts (a budget spent); "" = none
+    finished: bool = False
+
+    @property
+    def epochs(self) -> int | None:
+        """The planned number of epochs (None before the search started)."""
+        epochs = self.config.get("epochs")
+        return int(epochs) if epochs is not None else None
+
+    @property
+    def strategy(self) -> str:
+        """evolve | best_of_n; execute for a run without a search."""
+        return str(self.config.get("strategy", "execute"))
+
+
+@dataclass
+class Certification:
+    """Noise floor, rounds and verdicts' bookkeeping, from the certification events."""
+    floor: NoiseFloor | None = None
+    rounds: dict[int, Round] = field(default_factory=dict)
+    judged: list[int] = field(default_factory=list)         # rounds with their verdicts
+    certified_after: list[int] = field(default_factory=list)   # epochs whose nomination was done
+    stopped: str = ""                  # why no more rounds are planned; "" = not stopped
+    seeds_issued: int = 0              # fresh seeds handed out so far (never reused)
+
+    def busy(self) -> bool:
+        """A round still waiting for its verdicts."""
+        return any(n not in self.judged for n in self.rounds)
+
+
 @dataclass
 class RunState:
     candidates: dict[str, CandidateView] = field(default_factory=dict)
     replicas: dict[str, CandidateView] = field(default_factory=dict)   # noise-floor and certification runs
-    meta: dict[str, Any] = field(default_factory=dict)
+    search: SearchProgress = field(default_factory=SearchProgress)
+    certification: Certification = field(default_factory=Certification)
+    intents: dict[str, Intent] = field(default_factory=dict)          # by the job name of the submission
+    pins: dict[str, dict[str, str]] | None = None    # hashes of the snapshot and data, pinned at the first start
+    alarm: str = ""                    # why no new work starts (pinned inputs changed); "" = none
     llm_spend_usd: float = 0.0
     gpu_hours: float = 0.0
     events: int = 0
@@ -105,9 +236,9 @@ class RunState:
         view = views.get(cid)
         views[cid] = _evolve(view, changes) if view else CandidateView(cid=cid, **changes)
 
-    def view(self, run_id: str) -> CandidateView | None:
-        """A candidate or a replica, by its id."""
-        return (self.replicas if is_replica(run_id) else self.candidates).get(run_id)
+    def view(self, run_id: str) -> CandidateView:
+        """A candidate or a replica, by its id (KeyError for an unknown one)."""
+        return (self.replicas if is_replica(run_id) else self.candidates)[run_id]
 
     def runs(self) -> list[CandidateView]:
         """Everything that is (or will be) a job: candidates and replicas."""
@@ -119,28 +250,23 @@ class RunState:
         rows = [{**c.__dict__, "stage": c.stage} for c in self.candidates.values()]
         return pd.DataFrame(rows, columns=[*CandidateView.__dataclass_fields__, "stage"])
 
-    def stage_counts(self) -> dict[str, int]:
-        counts = {s: 0 for s in STAGES}
+    def stage_counts(self) -> dict[Stage, int]:
+        counts = dict.fromkeys(STAGES, 0)
         for c in self.candidates.values():
             counts[c.stage] += 1
         return counts
 
     def best_screened(self) -> CandidateView | None:
-        """The idea with the best screening reward (the baseline aside)."""
-        ok = [v for v in self.candidates.values() if v.status == "ok" and v.reward is not None and v.cid != "baseline"]
-        return max(ok, key=lambda v: float(v.reward), default=None)  # type: ignore[arg-type]
+        return best_screened(self.candidates.values())
 
     def best_certified(self) -> CandidateView | None:
-        """The certified idea with the best mean reward over its fresh-seed re-runs."""
-        done = [v for v in self.candidates.values() if v.verdict == "certified" and v.cert_reward is not None]
-        return max(done, key=lambda v: float(v.cert_reward), default=None)  # type: ignore[arg-type]
+        return best_certified(self.candidates.values())
 
     def execution_rate(self) -> float | None:
-        """Share of ideas that ran and returned a valid, non-zero result (the paper's definition)."""
-        done = [c for c in self.candidates.values() if c.terminal and c.implement_status != "duplicate"]
-        if not done:
-            return None
-        return sum(1 for c in done if c.status == "ok" and c.reward) / len(done)
+        return execution_rate(self.candidates.values())
+
+    def baseline_reward(self) -> float | None:
+        return baseline_reward(self.candidates)
 
 
 _VIEW_FIELDS = frozenset(CandidateView.__dataclass_fields__)
@@ -154,6 +280,15 @@ def _evolve(view: CandidateView, changes: dict[str, Any]) -> CandidateView:
     new.__dict__.update(view.__dict__)
     new.__dict__.update(changes)
     return new
+
+
+_BLANK = CandidateView(cid="")
+
+
+def view_of(fields: dict[str, Any]) -> CandidateView:
+    """A view from some of its fields (the rest at their defaults), as fast as the fold builds them: a report
+    reads thousands of rows as views."""
+    return _evolve(_BLANK, fields)
 
 
 def _on_idea(state: RunState, e: dict[str, Any]) -> None:
@@ -180,7 +315,7 @@ def _on_submitted(state: RunState, e: dict[str, Any]) -> None:
 
 
 def _on_submitting(state: RunState, e: dict[str, Any]) -> None:
-    state.meta.setdefault("intents", {})[e["name"]] = {"cids": e["cids"], "attempt": e.get("attempt", 0)}
+    state.intents[e["name"]] = Intent(cids=tuple(e["cids"]), attempt=e.get("attempt", 0))
     for cid in e["cids"]:
         state.update(cid, intent=e["name"])
 
@@ -195,8 +330,8 @@ def _on_job_state(state: RunState, e: dict[str, Any]) -> None:
 
 
 def _on_result(state: RunState, e: dict[str, Any]) -> None:
-    view = state.view(e["cid"]) or CandidateView(cid=e["cid"])
-    state.gpu_hours += view.gpus * e.get("wall_s", 0.0) / 3600
+    view = (state.replicas if is_replica(e["cid"]) else state.candidates).get(e["cid"])
+    state.gpu_hours += (view.gpus if view else 0) * e.get("wall_s", 0.0) / 3600
     state.update(e["cid"], status=e["status"], reason=e.get("reason", ""), metric=e.get("metric"),
                  reward=e.get("reward"), wall_s=e.get("wall_s", 0.0), node=e.get("node", ""),
                  job_phase="finished", finished_at=e.get("t", 0.0))
@@ -213,12 +348,13 @@ def _on_replicas_planned(state: RunState, e: dict[str, Any]) -> None:
         state.update(run["rid"], idea=parent.idea if parent else "", epoch=e.get("epoch", 0), origin="replica",
                      implement_status="ready", seed=run["seed"], parent=run["parent"], purpose=e["purpose"],
                      round=e.get("round", -1))
+    cert = state.certification
     if e["purpose"] == "certify":
-        state.meta.setdefault("rounds", {})[str(e["round"])] = {"cids": e["cids"], "epoch": e.get("epoch", 0),
-                                                                "rids": [r["rid"] for r in e["runs"]]}
+        cert.rounds[int(e["round"])] = Round(cids=tuple(e["cids"]), epoch=e.get("epoch", 0),
+                                             rids=tuple(r["rid"] for r in e["runs"]))
         for cid in e["cids"]:   # nominated: a restart before the verdict must not nominate it again
             state.update(cid, cert_round=e["round"])
-    state.meta["seeds_issued"] = state.meta.get("seeds_issued", 0) + len(e["runs"])
+    cert.seeds_issued += len(e["runs"])
 
 
 def _on_verdict(state: RunState, e: dict[str, Any]) -> None:
@@ -228,60 +364,60 @@ def _on_verdict(state: RunState, e: dict[str, Any]) -> None:
 
 
 def _on_round_judged(state: RunState, e: dict[str, Any]) -> None:
-    state.meta.setdefault("judged", []).append(e["round"])
+    state.certification.judged.append(int(e["round"]))
 
 
 def _on_noise_floor(state: RunState, e: dict[str, Any]) -> None:
-    state.meta["floor"] = {k: e.get(k) for k in ("n", "mean", "sd", "mean_reward", "seed_ignored", "runs")}
+    state.certification.floor = NoiseFloor(n=e["n"], mean=e["mean"], sd=e["sd"], mean_reward=e.get("mean_reward"),
+                                           seed_ignored=bool(e.get("seed_ignored")), runs=e.get("runs", e["n"]))
 
 
 def _on_certify_checked(state: RunState, e: dict[str, Any]) -> None:
-    state.meta.setdefault("certified_after", []).append(e["epoch"])
+    state.certification.certified_after.append(e["epoch"])
 
 
 def _on_certify_stopped(state: RunState, e: dict[str, Any]) -> None:
-    state.meta["certify_stopped"] = e.get("reason", "")
+    state.certification.stopped = e.get("reason", "")
 
 
 def _on_llm(state: RunState, e: dict[str, Any]) -> None:
     state.llm_spend_usd = e.get("spent_usd", state.llm_spend_usd)
 
 
-def _on_meta(state: RunState, e: dict[str, Any]) -> None:
-    state.meta.update(e.get("data", {}))
-
-
 def _on_epoch_started(state: RunState, e: dict[str, Any]) -> None:
-    state.meta.update(epoch=e["epoch"], epoch_started_at=e["t"], plan=e.get("plan", []))
+    search = state.search
+    search.epoch, search.epoch_started_at = e["epoch"], e["t"]
+    search.plan = [(mode, int(count)) for mode, count in e.get("plan", [])]
 
 
 def _on_epoch_ended(state: RunState, e: dict[str, Any]) -> None:
-    state.meta.setdefault("epochs_ended", []).append(e["epoch"])
+    state.search.epochs_ended.append(e["epoch"])
 
 
 def _on_ideation_failed(state: RunState, e: dict[str, Any]) -> None:
-    key = f"ideation_failures_{e['epoch']}"
-    state.meta[key] = state.meta.get(key, 0) + 1
+    failures = state.search.ideation_failures
+    failures[e["epoch"]] = failures.get(e["epoch"], 0) + 1
 
 
 def _on_stopping(state: RunState, e: dict[str, Any]) -> None:
-    state.meta["stopping"] = e.get("reason", "")
+    state.search.stopping = e.get("reason", "")
 
 
 def _on_search_started(state: RunState, e: dict[str, Any]) -> None:
-    state.meta.update(search=e.get("search", {}), replay=e.get("replay", False))
+    search = state.search
+    search.started, search.config, search.replay = True, e.get("search", {}), e.get("replay", False)
 
 
 def _on_search_finished(state: RunState, e: dict[str, Any]) -> None:
-    state.meta["finished"] = True
+    state.search.finished = True
 
 
 def _on_pinned(state: RunState, e: dict[str, Any]) -> None:
-    state.meta["pins"] = e["pins"]
+    state.pins = e["pins"]
 
 
 def _on_alarm(state: RunState, e: dict[str, Any]) -> None:
-    state.meta["alarm"] = e["reason"]
+    state.alarm = e["reason"]
 
 
 _HANDLERS = {"epoch_started": _on_epoch_started, "epoch_ended": _on_epoch_ended,
@@ -290,7 +426,7 @@ _HANDLERS = {"epoch_started": _on_epoch_started, "epoch_ended": _on_epoch_ended,
              "idea": _on_idea, "implement_started": _on_implement_started, "implemented": _on_implemented,
              "submitted": _on_submitted, "submitting": _on_submitting, "submit_failed": _on_submit_failed,
              "job_state": _on_job_state, "result": _on_result, "llm_spend": _on_llm,
-             "meta": _on_meta, "pinned": _on_pinned, "alarm": _on_alarm,
+             "pinned": _on_pinned, "alarm": _on_alarm,
              "replicas_planned": _on_replicas_planned, "verdict": _on_verdict, "round_judged": _on_round_judged,
              "certify_stopped": _on_certify_stopped, "noise_floor": _on_noise_floor,
              "certify_checked": _on_certify_checked, "pruned": _on_pruned}

@@ -162,8 +162,8 @@ def test_search_certifies_the_real_change_only(tmp_path: Path, capsys) -> None:
     with FakeLLMServer(noisy_responder(NOISY_ENV / "code", ideas)) as server:
         cfg = noisy_config(tmp_path, server.base_url, 4, budget_share=0.9)
         state = run_search(tmp_path / "run", cfg, Console(record=True), live=False)
-    floor = state.meta["floor"]
-    assert floor["n"] == 3 and 0 < floor["sd"] < 0.2 and not floor["seed_ignored"]
+    floor = state.certification.floor
+    assert floor is not None and floor.n == 3 and 0 < floor.sd < 0.2 and not floor.seed_ignored
     by_marker = {re.search(r"\[(\w+)\]", v.idea).group(1): v for v in state.candidates.values() if v.cid != "baseline"}
     assert by_marker["real"].verdict == "certified" and by_marker["real"].cert_n == 3
     real = by_marker["real"]

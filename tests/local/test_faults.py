@@ -262,7 +262,7 @@ def test_metric_attacks_never_become_best(tmp_path: Path) -> None:
 
 def test_a_changed_snapshot_raises_an_alarm_and_stops_new_work(tmp_path: Path) -> None:
     daemon = collector(tmp_path, [])
-    assert "pins" in daemon.state.meta and not daemon.state.meta.get("alarm")
+    assert daemon.state.pins is not None and not daemon.state.alarm
     eval_py = daemon.p.layout.env_dir / "code" / "eval.py"
     eval_py.write_text(eval_py.read_text() + "\n# edited under a running search\n")
     for cid in ("late",):
@@ -272,10 +272,10 @@ def test_a_changed_snapshot_raises_an_alarm_and_stops_new_work(tmp_path: Path) -
         fsio.atomic_write_json(paths.implement, to_json(ImplementOutcome(cid=cid, status="ready")))
         fsio.atomic_write_text(paths.ready, "")
     daemon.tick()
-    assert "snapshot/code/eval.py" in daemon.state.meta["alarm"]
+    assert "snapshot/code/eval.py" in daemon.state.alarm
     assert not daemon.state.candidates["late"].job_id, "no new work once the alarm is raised"
     restarted = Pipeline(daemon.p)
-    assert restarted.state.meta["alarm"] and not restarted.inputs_ok()
+    assert restarted.state.alarm and not restarted.inputs_ok()
 
 
 def test_the_cluster_is_asked_at_poll_s_at_most_and_less_while_nothing_changes(tmp_path: Path) -> None:

@@ -26,12 +26,13 @@ from helpers import TOY_ENV, copy_env, make_diff
 from toolkit.config import from_dict
 from toolkit.envs import load_env
 from toolkit.errors import ConfigError
+from toolkit.report.tables import diversity, jaccard, word_set
 from toolkit.rl import checkpoint
 from toolkit.rl.cli import add_rl_parser
 from toolkit.rl.config import MitigationConfig, OptimConfig, RLConfig, SamplingConfig, TinyModelConfig, load_rl_config
 from toolkit.rl.grpo import group_advantages, make_optimizer, policy_gradient_step
 from toolkit.rl.layout import RLLayout
-from toolkit.rl.metrics import diversity, jaccard, metrics_table, word_set
+from toolkit.rl.metrics import metrics_table
 from toolkit.rl.policy import build_tiny, token_logprobs, train_tokenizer
 from toolkit.rl.prompt import ideation_prompt, previous_results
 from toolkit.rl.rewards import length_bonus, shape_reward

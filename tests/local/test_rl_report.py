@@ -20,11 +20,10 @@ from toolkit.cli import build_parser
 from toolkit.config import SearchRunConfig, to_dict
 from toolkit.errors import ConfigError
 from toolkit.report.page import fmt
-from toolkit.report.tables import jaccard, word_set
+from toolkit.report.tables import clusters, jaccard, word_set
 from toolkit.rl.config import RLConfig, save_rl_config
 from toolkit.rl.grpo import group_advantages
 from toolkit.rl.layout import RLLayout
-from toolkit.rl.metrics import clusters
 from toolkit.rl.report import build_rl_report, is_rl_dir
 from toolkit.rl.rewards import Reward
 from toolkit.rl.sampling import Rollout
@@ -72,7 +71,7 @@ def test_steps_table_matches_the_step_records_and_the_trainer_log(rl_dir: RLLayo
         ideas = [r for r in rows if r["idea"] is not None]
         executed = [r for r in rows if r["status"] == "ok" and r["env"] != 0]
         assert (got["rollouts"], got["ideas"], got["executed"]) == (len(rows), len(ideas), len(executed))
-        assert got["execution_rate"] == pytest.approx(len(executed) / len(rows))
+        assert got["rollout_execution_rate"] == pytest.approx(len(executed) / len(rows))
         assert got["reward_mean"] == pytest.approx(sum(r["env"] for r in rows) / len(rows))
         assert got["reward_max"] == pytest.approx(max(r["env"] for r in rows))
         assert got["shaped_mean"] == pytest.approx(sum(r["total"] for r in rows) / len(rows))
@@ -81,7 +80,7 @@ def test_steps_table_matches_the_step_records_and_the_trainer_log(rl_dir: RLLayo
         for column in ("reward_mean", "reward_max", "shaped_mean", "thinking_tokens_mean", "idea_tokens_mean",
                        "distinct_ideas", "top_idea_share", "mean_jaccard"):
             assert got[column] == pytest.approx(logged[n][column]), (n, column)
-        assert got["execution_rate"] == pytest.approx(logged[n]["exec_rate"])
+        assert got["rollout_execution_rate"] == pytest.approx(logged[n]["exec_rate"])
     assert (steps["shaped_mean"] > steps["reward_mean"]).any(), "the novelty bonus was paid"
     before = [word_set(r["idea"]) for r in records(rl_dir, 1) if r["idea"] is not None]
     after = [word_set(r["idea"]) for r in records(rl_dir, 2) if r["idea"] is not None]
@@ -99,7 +98,7 @@ def test_rollouts_terciles_and_repeats_account_for_every_rollout(rl_dir: RLLayou
     thinking = csv(rl_dir, "thinking")
     assert 1 <= len(thinking) <= 3 and thinking["rollouts"].sum() == len(on_disk)
     assert thinking["executed"].sum() == sum(r["status"] == "ok" and r["env"] != 0 for r in on_disk)
-    assert list(thinking["execution_rate"]) == pytest.approx(list(thinking["executed"] / thinking["rollouts"]))
+    assert list(thinking["rollout_execution_rate"]) == pytest.approx(list(thinking["executed"] / thinking["rollouts"]))
     counts = rollouts[rollouts["same_idea"] > 0]["same_idea"].value_counts()
     repeated = csv(rl_dir, "repeated").set_index("same_idea")
     assert list(repeated.index) == [k for k in range(1, 11) if counts.get(k, 0) > 1]
@@ -119,7 +118,8 @@ def test_page_shows_the_tables_and_five_figures(rl_dir: RLLayout) -> None:
     assert len(re.findall(r'<img id="plot-\w+"', html)) == 5
     page, steps = Tables(html), csv(rl_dir, "steps")
     assert [row["reward_mean"] for row in page.rows("steps")] == [fmt("reward_mean", v) for v in steps["reward_mean"]]
-    assert [row["execution_rate"] for row in page.rows("steps")] == [fmt("rate", v) for v in steps["execution_rate"]]
+    assert ([row["rollout_execution_rate"] for row in page.rows("steps")]
+            == [fmt("rate", v) for v in steps["rollout_execution_rate"]])
     assert len(page.rows("thinking")) == len(csv(rl_dir, "thinking"))
 
 
@@ -183,7 +183,8 @@ def test_most_repeated_ideas_are_counted_across_steps(known: RLLayout) -> None:
     assert ln["idea"] == LN and (ln["ideas"], ln["steps"], ln["first_step"], ln["last_step"]) == (6, 3, 1, 3)
     assert (ln["in_last_step"], ln["last_step_share"], ln["share"]) == (3, 0.6, pytest.approx(6 / 14))
     assert ema["idea"] == EMA and (ema["ideas"], ema["in_last_step"]) == (4, 2)
-    assert ln["execution_rate"] == 1.0 and ema["execution_rate"] == 0.75 and ema["reward_mean"] == pytest.approx(2.0)
+    assert ln["rollout_execution_rate"] == 1.0 and ema["rollout_execution_rate"] == 0.75
+    assert ema["reward_mean"] == pytest.approx(2.0)
     assert list(repeated["ideas"]) == [6, 4]               # an idea proposed once is not repeated
     by_step = csv(known, "repeated_by_step").set_index("step")
     assert list(by_step["ideas"]) == [4, 5, 5]
@@ -203,7 +204,7 @@ def test_jaccard_over_steps_and_thinking_terciles(known: RLLayout) -> None:
     assert list(steps["thinking_tokens_mean"]) == [576.0, 340.0, 140.0]
     thinking = csv(known, "thinking")
     assert list(thinking["thinking_tokens"]) == ["100-180", "300-380", "440-1000"]
-    assert list(thinking["rollouts"]) == [5, 5, 5] and list(thinking["execution_rate"]) == [1.0, 0.6, 0.2]
+    assert list(thinking["rollouts"]) == [5, 5, 5] and list(thinking["rollout_execution_rate"]) == [1.0, 0.6, 0.2]
     words = " ".join((known.report / "index.html").read_text().split())
     assert ">stopped<" in words and "not counted: step 4)" in words and "<b>3</b> of 5 steps" in words
 

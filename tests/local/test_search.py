@@ -45,7 +45,7 @@ def test_search_three_epochs_local(tmp_path: Path) -> None:
     with FakeLLMServer(toy_search_responder()) as server:
         cfg = search_config(tmp_path, server.base_url)
         state = run_search(tmp_path / "run", cfg, Console(record=True), live=False)
-    assert state.meta["finished"] and state.meta["epochs_ended"] == [0, 1, 2]
+    assert state.search.finished and state.search.epochs_ended == [0, 1, 2]
     ideas = [v for v in state.candidates.values() if v.cid != "baseline"]
     assert len(ideas) == 12 and sorted({v.epoch for v in ideas}) == [0, 1, 2]
     assert state.candidates["baseline"].status == "ok"
@@ -66,8 +66,8 @@ def test_budget_stops_new_work(tmp_path: Path) -> None:
         data["llm"]["ideator"]["price_input_per_mtok"] = 1.0
         cfg = from_dict(SearchRunConfig, data, "t")
         state = run_search(tmp_path / "run", cfg, Console(record=True), live=False)
-    assert state.meta["stopping"].startswith("LLM spend cap")
-    assert state.meta["finished"]
+    assert state.search.stopping.startswith("LLM spend cap")
+    assert state.search.finished
     assert len([v for v in state.candidates.values() if v.cid != "baseline"]) <= 2
 
 
@@ -90,8 +90,8 @@ def test_gpu_hours_cap_stops_new_work(tmp_path: Path) -> None:
         env_yaml.write_text(yaml.safe_dump(spec))
         data["budget"] = {"gpu_hours": 1e-7}
         state = run_search(tmp_path / "run", from_dict(SearchRunConfig, data, "t"), Console(record=True), live=False)
-    assert state.meta["stopping"].startswith("GPU-hours cap")
-    assert state.gpu_hours > 1e-7 and state.meta["finished"]
+    assert state.search.stopping.startswith("GPU-hours cap")
+    assert state.gpu_hours > 1e-7 and state.search.finished
     submitted = [v for v in state.candidates.values() if v.job_id]
     assert len(submitted) < 13 and all(v.status for v in submitted)   # what ran finished; nothing new started
 
@@ -153,15 +153,15 @@ def test_near_duplicate_ideas_are_skipped_and_linked(tmp_path: Path) -> None:
         state = run_search(tmp_path / "run", cfg, Console(record=True), live=False)
     rate = lambda cid: re.search(r"LR to ([0-9.]+)", state.candidates[cid].idea).group(1)  # noqa: E731
     dups = [v for v in state.candidates.values() if v.implement_status == "duplicate"]
-    assert dups and state.meta["finished"]
+    assert dups and state.search.finished
     for v in dups:
         assert rate(v.cid) == rate(v.duplicate_of) and not v.job_id and v.duplicate_score >= 0.45
     distinct = [v for v in state.candidates.values() if v.cid != "baseline" and not v.duplicate_of]
     # a repeat in the same words is always caught (a reworded one may be missed: the check favours precision)
     same_words = {(rate(v.cid), v.idea.startswith("Learning rate")) for v in distinct}
     assert len(same_words) == len(distinct)
-    ran = [v for v in state.candidates.values() if not v.duplicate_of]   # skipped ideas are not failures
-    assert state.execution_rate() == sum(v.status == "ok" for v in ran) / len(ran)
+    ran = [v for v in state.candidates.values() if not v.duplicate_of and v.cid != "baseline"]   # skipped: no failures
+    assert state.execution_rate() == sum(v.status == "ok" and v.reward != 0 for v in ran) / len(ran)
     import pandas as pd
 
     from toolkit.report.page import build_report
@@ -203,7 +203,7 @@ def test_ideator_thinking_budget_per_epoch_reaches_the_sdk_request(tmp_path: Pat
         data["llm"]["ideator"] = {**anthropic, "thinking_budget_tokens": 2000}
         data["llm"]["implementer"] = anthropic
         state = run_search(tmp_path / "run", from_dict(SearchRunConfig, data, "t"), Console(record=True), live=False)
-    assert state.meta["finished"] and state.meta["epochs_ended"] == [0, 1]
+    assert state.search.finished and state.search.epochs_ended == [0, 1]
     messages = [r["body"] for r in server.requests if r["path"] == "/v1/messages"]
     ideation = [b for b in messages if "Reply with ONLY a JSON array" in b["messages"][0]["content"]]
     assert len(ideation) == 2, "one ideation call per epoch (2 ideas, 2 per call)"
@@ -252,3 +252,66 @@ def test_grpo_math_ideation_prompts_prefer_algorithms_over_hyper_parameters() ->
         assert "do not propose retuning hyper-parameters on their own" in guidance
     assert "Prefer new training algorithms" not in implement_prompt(grpo, Idea("i", "Use REINFORCE."))
     assert "# What to look for" not in ideate_prompt(load_env("tiny_lm"), Call("fresh", 10), [], [], None)
+
+
+def test_the_fold_types_what_the_search_and_certification_record() -> None:
+    """Every event beyond the candidates lands in a typed field (event names and format as ever)."""
+    from toolkit.state import Certification, Intent, NoiseFloor, Round, RunState, SearchProgress
+
+    events = [
+        {"kind": "pinned", "pins": {"snapshot": {"code/train.py": "ab12"}, "data": {}, "hidden": {}}},
+        {"kind": "search_started", "search": {"epochs": 2, "strategy": "evolve"}, "replay": True},
+        {"kind": "epoch_started", "t": 5.0, "epoch": 1, "plan": [["exploit", 2], ["explore", 1]]},
+        {"kind": "ideation_failed", "epoch": 1}, {"kind": "ideation_failed", "epoch": 1},
+        {"kind": "submitting", "name": "toolkit-run-1a2b", "cids": ["e01-000", "e01-001"], "attempt": 1},
+        {"kind": "replicas_planned", "purpose": "floor", "epoch": 0, "cids": ["baseline"],
+         "runs": [{"rid": "baseline~s1", "parent": "baseline", "seed": 1}]},
+        {"kind": "replicas_planned", "purpose": "certify", "round": 0, "epoch": 0, "cids": ["e00-000"],
+         "runs": [{"rid": "e00-000~s2", "parent": "e00-000", "seed": 2},
+                  {"rid": "baseline~s3", "parent": "baseline", "seed": 3}]},
+        {"kind": "noise_floor", "n": 2, "mean": 2.4, "sd": 0.1, "mean_reward": 0.41, "seed_ignored": False, "runs": 2},
+        {"kind": "certify_checked", "epoch": 0}, {"kind": "round_judged", "round": 0},
+        {"kind": "certify_stopped", "reason": "share spent"}, {"kind": "epoch_ended", "epoch": 1},
+        {"kind": "stopping", "reason": "LLM spend cap $1 reached"}, {"kind": "alarm", "reason": "pins changed"},
+        {"kind": "search_finished", "reason": "budget"}, {"kind": "meta", "data": {"epoch": 9}},   # unknown: ignored
+    ]
+    state = RunState()
+    for event in events:
+        state.apply(event)
+    assert state.search == SearchProgress(started=True, config={"epochs": 2, "strategy": "evolve"}, replay=True,
+                                          epoch=1, epoch_started_at=5.0, plan=[("exploit", 2), ("explore", 1)],
+                                          epochs_ended=[1], ideation_failures={1: 2},
+                                          stopping="LLM spend cap $1 reached", finished=True)
+    assert (state.search.epochs, state.search.strategy) == (2, "evolve")
+    assert state.certification == Certification(
+        floor=NoiseFloor(n=2, mean=2.4, sd=0.1, mean_reward=0.41, seed_ignored=False, runs=2),
+        rounds={0: Round(cids=("e00-000",), epoch=0, rids=("e00-000~s2", "baseline~s3"))}, judged=[0],
+        certified_after=[0], stopped="share spent", seeds_issued=3)
+    assert state.intents == {"toolkit-run-1a2b": Intent(cids=("e01-000", "e01-001"), attempt=1)}
+    assert state.pins == events[0]["pins"] and state.alarm == "pins changed"
+    assert not state.certification.busy() and not RunState().search.started
+
+
+def test_one_definition_of_valid_execution_rate_best_and_baseline_reward() -> None:
+    """A valid result ends ok with a non-zero, non-NaN reward; the execution rate counts finished ideas only (not
+    the baseline, not a duplicate skipped before it ran); the search's exemplar bar is the noise floor's mean
+    reward where measured, which the tables' baseline reward is not."""
+    from toolkit.search.policy import baseline_bar
+    from toolkit.state import NoiseFloor, RunState, valid_result
+
+    assert valid_result("ok", 0.5) and not valid_result("ok", 0.0) and not valid_result("ok", float("nan"))
+    assert not valid_result("failed", 0.5) and not valid_result("ok", None)
+    state = RunState()
+    for cid, status, reward in [("baseline", "ok", 0.4), ("a", "ok", 0.6), ("b", "ok", 0.0), ("c", "failed", None)]:
+        state.apply({"kind": "idea", "idea_id": cid, "text": cid})
+        state.apply({"kind": "result", "cid": cid, "status": status, "reward": reward})
+    state.apply({"kind": "idea", "idea_id": "d", "text": "d"})
+    state.apply({"kind": "implemented", "cid": "d", "status": "invalid"})
+    state.apply({"kind": "idea", "idea_id": "e", "text": "a", "duplicate_of": "a", "dup_policy": "skip"})
+    state.apply({"kind": "idea", "idea_id": "f", "text": "f"})     # not finished yet
+    assert state.execution_rate() == 1 / 4                          # a of a, b, c, d
+    assert state.best_screened().cid == "a" and state.baseline_reward() == 0.4
+    floor = NoiseFloor(n=3, mean=2.5, sd=0.1, mean_reward=0.38, seed_ignored=False, runs=3)
+    assert baseline_bar(state.candidates, floor) == 0.38 and baseline_bar(state.candidates, None) == 0.4
+    state.apply({"kind": "result", "cid": "baseline", "status": "ok", "reward": 0.0})   # a baseline that earned 0
+    assert state.baseline_reward() is None and baseline_bar(state.candidates, None) is None

@@ -125,16 +125,16 @@ def test_attack_ends_as_promised(batch, attack):
 def test_run_state_snapshot_and_siblings_are_untouched(batch):
     state, layout, _, _ = batch
     assert not (layout.candidates / "evil").exists() and "evil" not in state.candidates
-    assert not state.meta.get("alarm"), state.meta.get("alarm")
+    assert not state.alarm, state.alarm
     events = [json.loads(line) for line in layout.events.read_text().splitlines()]
     forged = [e for e in events if e.get("kind") == "result" and e.get("cid") == "ctl-lr" and e.get("status") != "ok"]
     assert not forged
-    assert pins.pin_tree(layout.env_dir) == state.meta["pins"]["snapshot"]
+    assert state.pins and pins.pin_tree(layout.env_dir) == state.pins["snapshot"]
 
 
 def test_data_cache_is_unchanged_for_later_runs(batch):
     state, _, _, after = batch
-    assert after["data"] == state.meta["pins"]["data"] and after["hidden"] == state.meta["pins"]["hidden"]
+    assert after["data"] == state.pins["data"] and after["hidden"] == state.pins["hidden"]
 
 
 def test_no_secret_or_hidden_file_reaches_a_prompt_or_a_file(batch, home_secret, decoy_key):

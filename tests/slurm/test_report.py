@@ -26,12 +26,14 @@ from search_helpers import _user_text
 from toolkit.config import SearchRunConfig, WandbSettings, from_dict
 from toolkit.layout import RunLayout
 from toolkit.loop import run_search
+from toolkit.report import dashboard
 from toolkit.report.judge import parse_verdict
 from toolkit.report.page import add_report_parser, build_report, fmt
+from toolkit.report.progress import progress_line
 from toolkit.report.runs import NOT_JUDGED, ideas_table, load_run
 from toolkit.report.tables import diversity, spend_table
 from toolkit.report.wandb_log import WandbLogger
-from toolkit.state import RunState
+from toolkit.state import RunState, load_state
 from toolkit.testing.fake_llm import FakeLLMServer, FakeReply
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -98,7 +100,7 @@ def search_run(root: Path, strategy: str) -> Path:
             "cluster": {"cluster": "slurm", "partition": "h100", "poll_s": 0.5, "lost_grace_s": 30},
             "search": {"epochs": 2, "ideas_per_epoch": 3, "ideas_per_call": 3, "strategy": strategy}}, "test")
         state = run_search(root / strategy, cfg, Console(record=True), live=False)
-    assert state.meta.get("finished"), f"the {strategy} search did not finish: {state.meta}"
+    assert state.search.finished, f"the {strategy} search did not finish: {state.search}"
     return root / strategy
 
 
@@ -372,6 +374,121 @@ def test_report_of_a_running_run(runs, tmp_path) -> None:
     assert outcome.parquet.exists()
 
 
+# ---- one definition per quantity: the live view, the report and W&B agree on the real runs ---------------------
+def disk_valid(row: dict) -> bool:
+    return bool(row["result"] and row["result"]["status"] == "ok" and row["result"]["reward"])
+
+
+def disk_finished_ideas(run_dir: Path) -> list[dict]:
+    """The ideas with an outcome, from the files: a result, or an implementation that failed."""
+    return [r for r in disk_rows(run_dir) if r["cid"] != "baseline" and (r["result"] or r["impl"] != "ready")]
+
+
+def live_text(state: RunState) -> str:
+    """What `toolkit status` (the live view) and the plain progress line show."""
+    console = Console(record=True, width=240, color_system=None)
+    console.print(dashboard.search_view(state))
+    return console.export_text() + "\n" + progress_line(state)
+
+
+def wandb_of(state: RunState, folder: Path) -> FakeWandb:
+    """What the W&B stage sends for this state (the daemon's last tick)."""
+    fake = FakeWandb()
+    WandbLogger(WandbSettings(enabled=True), folder, {}, module=fake).update(state)
+    return fake
+
+
+def wandb_epochs(fake: FakeWandb) -> dict[int, dict]:
+    return {r["epoch/epoch"]: r for r in fake.rows if "epoch/epoch" in r}
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_one_baseline_reward_live_in_the_report_and_in_wandb(runs, report, tmp_path) -> None:
+    comparison = pd.read_csv(report / "comparison.csv").set_index("run")
+    for strategy, run_dir in runs.items():
+        state, base = load_state(RunLayout(run_dir)), next(r for r in disk_rows(run_dir) if r["cid"] == "baseline")
+        assert disk_valid(base)
+        reward = base["result"]["reward"]
+        assert state.baseline_reward() == pytest.approx(reward)
+        assert f"baseline reward {reward:.4f}" in live_text(state)
+        assert comparison.loc[strategy, "baseline_reward"] == pytest.approx(reward)
+        assert wandb_of(state, tmp_path / strategy).summary["baseline_reward"] == pytest.approx(reward)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_one_best_live_in_the_report_and_in_wandb(runs, report, tmp_path) -> None:
+    comparison = pd.read_csv(report / "comparison.csv").set_index("run")
+    for strategy, run_dir in runs.items():
+        state = load_state(RunLayout(run_dir))
+        valid = [r for r in disk_rows(run_dir) if r["cid"] != "baseline" and disk_valid(r)]
+        best = max(valid, key=lambda r: r["result"]["reward"])
+        reward = best["result"]["reward"]
+        assert sum(r["result"]["reward"] == reward for r in valid) == 1        # no tie: the cid is the one best
+        view = state.best_screened()
+        assert view is not None and (view.cid, view.reward) == (best["cid"], pytest.approx(reward))
+        text = live_text(state)
+        assert f"best screened {reward:.4f} ({best['cid']})" in text                   # the live view
+        assert f"best screened {reward:.4g} ({best['cid']})" in text                   # the progress line
+        assert comparison.loc[strategy, "best_reward"] == pytest.approx(reward)
+        assert comparison.loc[strategy, "best_epoch"] == best["epoch"]
+        fake = wandb_of(state, tmp_path / strategy)
+        assert fake.summary["best_reward"] == pytest.approx(reward)
+    evolve = load_state(RunLayout(runs["evolve"]))
+    epochs, fake = pd.read_csv(report / "epochs.csv").set_index("epoch"), wandb_of(evolve, tmp_path)
+    for epoch, best_of_epoch in best_per_epoch(disk_rows(runs["evolve"])).items():
+        assert epochs.loc[epoch, "best_reward"] == pytest.approx(best_of_epoch)
+        assert wandb_epochs(fake)[epoch]["epoch/best_reward"] == pytest.approx(best_of_epoch)
+    refs = pd.read_csv(report / "references.csv")
+    assert f"this run: best found ({evolve.best_screened().cid})" in set(refs["result"])
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_one_execution_rate_live_in_the_report_and_in_wandb(runs, report, tmp_path) -> None:
+    funnel = pd.read_csv(report / "funnel.csv").set_index("run")
+    comparison = pd.read_csv(report / "comparison.csv").set_index("run")
+    for strategy, run_dir in runs.items():
+        state, finished = load_state(RunLayout(run_dir)), disk_finished_ideas(run_dir)
+        rate = sum(disk_valid(r) for r in finished) / len(finished)
+        assert 0 < rate < 1 and state.execution_rate() == pytest.approx(rate)
+        assert f"execution rate {rate:.0%}" in live_text(state)
+        assert funnel.loc[strategy, "execution_rate"] == pytest.approx(rate)
+        assert comparison.loc[strategy, "execution_rate"] == pytest.approx(rate)
+        assert wandb_of(state, tmp_path / strategy).summary["execution_rate"] == pytest.approx(rate)
+    epochs = pd.read_csv(report / "epochs.csv").set_index("epoch")
+    fake = wandb_of(load_state(RunLayout(runs["evolve"])), tmp_path)
+    for epoch in (0, 1):
+        done = [r for r in disk_finished_ideas(runs["evolve"]) if r["epoch"] == epoch]
+        rate = sum(disk_valid(r) for r in done) / len(done)
+        assert epochs.loc[epoch, "execution_rate"] == pytest.approx(rate)
+        assert wandb_epochs(fake)[epoch]["epoch/execution_rate"] == pytest.approx(rate)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_one_diversity_in_the_report_in_wandb_and_rl(runs, report, tmp_path) -> None:
+    from toolkit.report import tables
+    from toolkit.rl import report as rl_report
+    from toolkit.rl import trainer
+
+    assert trainer.diversity is rl_report.diversity is tables.diversity          # RL measures with the same one
+    shown = pd.read_csv(report / "diversity.csv").set_index("epoch")
+    fake = wandb_of(load_state(RunLayout(runs["evolve"])), tmp_path)
+    for epoch in (0, 1):
+        texts = [json.loads((runs["evolve"] / "candidates" / r["cid"] / "idea.json").read_text())["text"]
+                 for r in disk_rows(runs["evolve"]) if r["cid"] != "baseline" and r["epoch"] == epoch]
+        sets = [frozenset(re.findall(r"[a-z0-9]+(?:\.[0-9]+)?", t.lower())) for t in texts]
+        pairs = [len(a & b) / len(a | b) for a, b in itertools.combinations(sets, 2)]
+        expected = dict(ideas=len(texts), distinct=len(set(sets)), mean_jaccard=sum(pairs) / len(pairs),
+                        top_share=max(sets.count(s) for s in sets) / len(sets))
+        logged = wandb_epochs(fake)[epoch]
+        for key, value in expected.items():
+            assert shown.loc[epoch, key] == pytest.approx(value), key
+            assert logged[f"epoch/{key}"] == pytest.approx(value), key
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install -y chromium)")
@@ -405,11 +522,11 @@ def chromium(page: Path, tmp_path: Path, *action: str) -> tuple[str, str]:
 def test_diversity_numbers() -> None:
     same = "Use a cosine learning-rate schedule."
     got = diversity([same, same, "Use EMA of weights.", same.upper()])
-    assert got["ideas"] == 4 and got["distinct"] == 2 and got["top_share"] == 0.75
+    assert got.ideas == 4 and got.distinct == 2 and got.top_share == 0.75
     a, b = {"use", "a", "cosine", "learning", "rate", "schedule"}, {"use", "ema", "of", "weights"}
     cross = len(a & b) / len(a | b)
-    assert got["mean_jaccard"] == pytest.approx((3 * 1.0 + 3 * cross) / 6)
-    assert diversity(["one idea only"])["mean_jaccard"] is None
+    assert got.mean_jaccard == pytest.approx((3 * 1.0 + 3 * cross) / 6)
+    assert diversity(["one idea only"]).mean_jaccard is None
 
 
 @pytest.mark.parametrize("reply, category", [
@@ -567,8 +684,8 @@ def test_the_paper_figures_are_set_only_against_the_recipe_they_were_measured_wi
     train = copy / "code" / "train.py"
     train.write_text(train.read_text().replace("num_iterations = 26_880", "num_iterations = 16_000")
                      if env == "nanogpt" else train.read_text() + "\n# another recipe\n")
-    frame = pd.DataFrame([{"cid": "baseline", "valid": True, "metric": 3.3, "reward": 1 / 3.3},
-                          {"cid": "e00-000", "valid": True, "metric": 3.2, "reward": 1 / 3.2}])
+    frame = pd.DataFrame([{"cid": "baseline", "status": "ok", "valid": True, "metric": 3.3, "reward": 1 / 3.3},
+                          {"cid": "e00-000", "status": "ok", "valid": True, "metric": 3.2, "reward": 1 / 3.2}])
     for spec, comparable in ((shipped, True), (load_env(str(copy)), False)):
         table = reference_table(SimpleNamespace(env_spec=lambda spec=spec: spec, smoke=False), frame)
         papers = table[table["result"].str.startswith("reference: paper")]

@@ -47,7 +47,7 @@ def test_search_with_served_model(tmp_path: Path) -> None:
         "cluster": {"cluster": "slurm", "partition": "debug", "poll_s": 1.0},
         "search": {"epochs": 1, "ideas_per_epoch": 2, "ideas_per_call": 2, "run_baseline": False}}, "test")
     state = run_search(tmp_path / "run", cfg, Console(record=True), live=False)
-    assert state.meta["finished"]
+    assert state.search.finished
     assert sorted(v.status for v in state.candidates.values()) == ["ok", "ok"]
     calls = [json.loads(line) for line in (tmp_path / "run" / "state" / "llm_calls.jsonl").read_text().splitlines()]
     assert len(calls) == 3 and all(c["model"] == "Qwen/Qwen3-30B-A3B" and c["status"] == "ok" for c in calls)

@@ -30,7 +30,7 @@ from toolkit.execute.implementer import Implementer
 from toolkit.layout import RunLayout, is_replica
 from toolkit.llm.base import SpendMeter
 from toolkit.records import Idea, from_json, result_event, to_json
-from toolkit.state import CandidateView, EventLog
+from toolkit.state import CandidateView, EventLog, RunState
 
 SUBMIT_BACKOFF_MAX_S = 600.0       # a failing sbatch (a bad partition, a full queue) is retried at most this rarely
 BATCH_WINDOW_S = 2.0               # a ready run waits this long for implementations finishing: one array, not many
@@ -77,7 +77,7 @@ class Pipeline:
         self.pin_inputs()
 
     @property
-    def state(self):
+    def state(self) -> RunState:
         return self.log.state
 
     # ---- pinned inputs --------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ class Pipeline:
 
     def pin_inputs(self) -> None:
         """First start: hash the snapshot and the data into the log. A restart: check them against it."""
-        pinned = self.state.meta.get("pins")
+        pinned = self.state.pins
         if pinned is None:
             self.log.emit("pinned", pins={k: pins.pin_tree(p) for k, p in self.input_trees().items()})
             return
@@ -95,13 +95,13 @@ class Pipeline:
 
     def check_snapshot(self) -> None:
         """Once a tick, before anything is implemented or submitted: the (small) snapshot against its pins."""
-        if not self.state.meta.get("alarm"):
+        if not self.state.alarm:
             trees = {"snapshot": self.input_trees()["snapshot"]}
-            self._raise_if_changed(pins.verify(self.state.meta.get("pins", {}), trees))
+            self._raise_if_changed(pins.verify(self.state.pins or {}, trees))
 
     def inputs_ok(self) -> bool:
         """No new work once an alarm is raised."""
-        return not self.state.meta.get("alarm")
+        return not self.state.alarm
 
     def _raise_if_changed(self, changed: list[str]) -> None:
         if changed:
@@ -109,7 +109,7 @@ class Pipeline:
                        f"starts. Restore them, or start a new run directory")
 
     def alarm(self, reason: str) -> None:
-        if not self.state.meta.get("alarm"):
+        if not self.state.alarm:
             self.log.emit("alarm", reason=reason)
 
     # ---- ideas ----------------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ class Pipeline:
 
     @property
     def epoch(self) -> int:
-        return int(self.state.meta.get("epoch", 0))
+        return self.state.search.epoch
 
     # ---- schedule --------------------------------------------------------------------------------------
     def schedule(self) -> None:
@@ -267,11 +267,11 @@ class Pipeline:
         submitting again. Returns the views that still need a submission."""
         left = []
         for name in sorted({v.intent for v in views if v.intent}):
-            intent = self.state.meta["intents"][name]
+            intent = self.state.intents[name]
             found = self.p.cluster.find_jobs(name)
-            if len(found) == len(intent["cids"]):
-                pairs = [(c, j) for c, j in zip(intent["cids"], found) if not self.state.view(c).job_id]
-                self._record_submitted([c for c, _ in pairs], [j for _, j in pairs], intent["attempt"])
+            if len(found) == len(intent.cids):
+                pairs = [(c, j) for c, j in zip(intent.cids, found) if not self.state.view(c).job_id]
+                self._record_submitted([c for c, _ in pairs], [j for _, j in pairs], intent.attempt)
         for view in views:
             if not self.state.view(view.cid).job_id:
                 left.append(view)
@@ -305,7 +305,7 @@ class Pipeline:
     def _task(self, cid: str, attempt: int) -> WorkerTask:
         return WorkerTask(cand_dir=str(self.p.layout.candidate(cid).root), env_dir=str(self.p.layout.env_dir),
                           smoke=self.p.cfg.smoke, data_dir=self.p.cfg.data_dir, attempt=attempt,
-                          sandbox=self.p.cfg.sandbox, pins=self.state.meta.get("pins"),
+                          sandbox=self.p.cfg.sandbox, pins=self.state.pins,
                           seed=self.state.view(cid).seed, env_passthrough=self.p.cfg.cluster.env_passthrough,
                           sandbox_read=self.p.cfg.cluster.sandbox_read)
 

@@ -110,11 +110,11 @@ def _verdict(v: CandidateView) -> Text:
 
 
 def floor_line(state: RunState) -> Text:
-    floor = state.meta.get("floor")
-    if not floor:
+    floor = state.certification.floor
+    if floor is None:
         return Text("")
-    text = Text(f"baseline noise floor: {floor['mean']:.4f} ± {floor['sd']:.4f} (sd over {floor['n']} seeds)")
-    if floor.get("seed_ignored"):
+    text = Text(f"baseline noise floor: {floor.mean:.4f} ± {floor.sd:.4f} (sd over {floor.n} seeds)")
+    if floor.seed_ignored:
         text.append("  every seed gave the same metric: the environment ignores TOOLKIT_SEED", style="bold yellow")
     return text
 
@@ -137,11 +137,10 @@ def epoch_progress(state: RunState) -> Table:
     from rich.progress_bar import ProgressBar
 
     grid = Table.grid(padding=(0, 1))
-    epochs = state.meta.get("search", {}).get("epochs", 1)
-    epoch = int(state.meta.get("epoch", 0))
+    epochs, epoch = state.search.epochs or 1, state.search.epoch
     views = [v for v in state.candidates.values() if v.epoch == epoch]
     done = sum(1 for v in views if v.terminal)
-    planned = (sum(n for _, n in state.meta.get("plan", []))
+    planned = (sum(n for _, n in state.search.plan)
                + (1 if epoch == 0 and "baseline" in state.candidates else 0))
     total = max(planned, len(views), 1)
     grid.add_row(Text(f"epoch {epoch + 1}/{epochs}"), ProgressBar(total=total, completed=done, width=40),
@@ -150,22 +149,20 @@ def epoch_progress(state: RunState) -> Table:
 
 
 def headline(state: RunState) -> Text:
-    meta = state.meta
-    base = state.candidates.get("baseline")
-    best, certified = state.best_screened(), state.best_certified()
-    parts = [f"baseline reward {_fmt(base.reward) if base and base.reward is not None else '-'}",
+    base, best, certified = state.baseline_reward(), state.best_screened(), state.best_certified()
+    parts = [f"baseline reward {'-' if base is None else _fmt(base)}",
              f"best screened {_fmt(best.reward) if best else '-'}" + (f" ({best.cid})" if best else ""),
              f"best certified {_fmt(certified.cert_reward) if certified else '-'}"
              + (f" ({certified.cid}, mean of {certified.cert_n} re-runs)" if certified else "")]
-    if meta.get("stopping"):
-        parts.append(f"stopping new work: {meta['stopping']}")
-    if meta.get("finished"):
+    if state.search.stopping:
+        parts.append(f"stopping new work: {state.search.stopping}")
+    if state.search.finished:
         parts.append("search finished")
     return Text(" | ".join(parts))
 
 
 def banner(state: RunState) -> Text:
-    if state.meta.get("replay"):
+    if state.search.replay:
         return Text("REPLAY MODE: LLM answers come from a bundled recording, not a live model "
                     "(set ANTHROPIC_API_KEY or OPENAI_API_KEY to use a real one)", style="bold yellow")
     return Text("")
@@ -174,6 +171,6 @@ def banner(state: RunState) -> Text:
 def search_view(state: RunState, now: float | None = None) -> Group:
     parts: list[RenderableType] = [banner(state), epoch_progress(state), summary(state), headline(state),
                                    top_table(state)]
-    if state.meta.get("floor") or state.meta.get("rounds"):
+    if state.certification.floor is not None or state.certification.rounds:
         parts.append(certification_table(state))
     return Group(*parts, candidates_table(state, limit=15))

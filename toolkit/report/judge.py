@@ -16,7 +16,7 @@ from toolkit.errors import ConfigError
 from toolkit.llm.base import PROVIDERS, ChatRequest, LLMClient, LLMSettings
 from toolkit.prompts import TEMPLATES, render
 from toolkit.report.runs import CATEGORIES, JUDGE_FAILED
-from toolkit.search.policy import BASELINE_ID
+from toolkit.state import BASELINE_ID
 
 
 # ---- the LLM judge of idea categories ----------------------------------------------------------------------

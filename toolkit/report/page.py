@@ -31,6 +31,8 @@ from toolkit.report.judge import CategoryJudge, apply_judge, judge_settings
 from toolkit.report.runs import (
     RunData,
     baseline_reward,
+    best_certified,
+    best_screened,
     ideas_only,
     ideas_table,
     load_run,
@@ -163,8 +165,8 @@ CAPTIONS = {
               "diff failed the preflight counts as a failed run, even when a revision then ran (equal to "
               "execution_rate when the preflight was off).",
     "categories": "Idea categories, judged by an LLM (never guessed: without a judge they read 'not judged').",
-    "diversity": "Diversity per epoch: distinct ideas (same word sequence = same idea), mean pairwise Jaccard "
-                 "similarity of word sets (lower = more diverse), share of the most common idea.",
+    "diversity": "Diversity per epoch: distinct ideas (the same set of words = the same idea), mean pairwise "
+                 "Jaccard similarity of word sets (lower = more diverse), share of the most common idea.",
     "spend": "LLM spend (from the LLM ledger) and GPU-hours (GPUs x wall time), per epoch and per useful result.",
     "comparison": "Runs side by side (strategy from each run's search_started event).",
     "references": "The best found result against the measured baseline and the environment's published results "
@@ -208,13 +210,13 @@ def render_page(runs: list[RunData], frames: list[pd.DataFrame], tables: dict[st
 def _run_header(run: RunData, frame: pd.DataFrame) -> dict[str, Any]:
     base = baseline_reward(frame)
     ideas = ideas_only(frame)
-    best = ideas[ideas["valid"]]["reward"].max() if not ideas.empty else None
-    certified = ideas[ideas["verdict"].fillna("") == "certified"]["cert_reward"].max() if not ideas.empty else None
+    best, certified = best_screened(ideas), best_certified(ideas)
     return dict(name=run.name, path=str(run.layout.root), strategy=run.strategy, ideator=run.ideator_model,
                 implementer=run.implementer_model, env=str(run.config.get("env", "")),
-                status="running" if run.running else ("finished" if run.state.meta.get("finished") else "stopped"),
+                status="running" if run.running else ("finished" if run.state.search.finished else "stopped"),
                 baseline="-" if base is None else fmt("reward", base), ideas=len(ideas),
-                best_screened=fmt("reward", _plain(best)), best_certified=fmt("reward", _plain(certified)))
+                best_screened=fmt("reward", best.reward if best else None),
+                best_certified=fmt("reward", certified.cert_reward if certified else None))
 
 
 def _judge_header(judge: CategoryJudge | None) -> dict[str, Any]:

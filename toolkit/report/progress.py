@@ -69,8 +69,8 @@ def event_line(event: dict[str, Any]) -> str | None:
 def progress_line(state: RunState) -> str:
     counts = " | ".join(f"{k} {n}" for k, n in state.stage_counts().items() if n)
     best, top = state.best_screened(), state.best_certified()
-    epochs = state.meta.get("search", {}).get("epochs")
-    head = f"epoch {int(state.meta.get('epoch', 0)) + 1}/{epochs} | " if epochs else ""
+    epochs = state.search.epochs
+    head = f"epoch {state.search.epoch + 1}/{epochs} | " if epochs else ""
     return (f"progress: {head}{counts or 'nothing yet'} | best screened "
             f"{f'{best.reward:.4g} ({best.cid})' if best else '-'} | best certified "
             f"{f'{top.cert_reward:.4g} ({top.cid})' if top else '-'} | LLM ${state.llm_spend_usd:.2f} | "

@@ -9,12 +9,12 @@ from typing import Any
 import pandas as pd
 
 from toolkit import fsio
+from toolkit import state as quantities  # the one definition of each run quantity
 from toolkit.config import load_yaml
 from toolkit.envs import EnvSpec, load_env
 from toolkit.errors import ConfigError, EnvError
 from toolkit.layout import RunLayout
-from toolkit.search.policy import BASELINE_ID
-from toolkit.state import RunState, load_state
+from toolkit.state import BASELINE_ID, CandidateView, RunState, load_state, valid_result, view_of
 
 NOT_JUDGED = "not judged"
 JUDGE_FAILED = "judge failed"
@@ -52,7 +52,7 @@ class RunData:
 
     @property
     def running(self) -> bool:
-        return not self.state.meta.get("finished") and self.layout.lock.exists()
+        return not self.state.search.finished and self.layout.lock.exists()
 
     @property
     def description(self) -> str:
@@ -88,7 +88,7 @@ def load_run(run_dir: Path) -> RunData:
                           "RL directory with its config.yaml)?")
     state = load_state(layout)
     config = load_yaml(layout.config) if layout.config.exists() else {}
-    strategy = state.meta.get("search", {}).get("strategy", "execute")
+    strategy = state.search.strategy
     return RunData(name=layout.root.resolve().name, layout=layout, state=state, config=config, strategy=strategy,
                    llm_calls=tuple(fsio.read_jsonl(layout.llm_calls)), events=tuple(fsio.read_jsonl(layout.events)))
 
@@ -104,14 +104,56 @@ def state_frame(state: RunState) -> pd.DataFrame:
 
 def _judge_outcomes(frame: pd.DataFrame) -> pd.DataFrame:
     """valid = ran and returned a non-zero reward (the paper's execution rate); beat_baseline needs a baseline."""
-    frame["valid"] = (frame["status"] == "ok") & pd.to_numeric(frame["reward"]).fillna(0).ne(0)
+    frame["valid"] = [valid_result(_text(s), _number(r)) for s, r in zip(frame["status"], frame["reward"])]
     frame["beat_baseline"] = _beat(frame, baseline_reward(frame))
     return frame
 
 
+# ---- the run's quantities over a frame: `toolkit.state`'s one definition, on the frame's rows as views ---------
+FRAME_VIEW_COLUMNS = ("cid", "epoch", "implement_status", "status", "metric", "reward", "verdict", "cert_reward")
+
+
+def frame_views(frame: pd.DataFrame) -> list[CandidateView]:
+    """The frame's rows as candidate views, holding the frame's outcome (in `ideas_table`, the result files')."""
+    rows = zip(*(frame[c].tolist() if c in frame else [None] * len(frame) for c in FRAME_VIEW_COLUMNS))
+    return [view_of(dict(cid=cid, epoch=int(epoch or 0), implement_status=_text(impl), status=_text(status),
+                         metric=_number(metric), reward=_number(reward), verdict=_text(verdict),
+                         cert_reward=_number(cert)))
+            for cid, epoch, impl, status, metric, reward, verdict, cert in rows]
+
+
+def _text(value: Any) -> Any:
+    return value if isinstance(value, str) else ""
+
+
+def _number(value: Any) -> float | None:
+    """A float, or None for a missing one (None, NaN or pandas' NA)."""
+    return float(value) if isinstance(value, (int, float)) and value == value else None
+
+
 def baseline_reward(frame: pd.DataFrame) -> float | None:
-    rows = frame[(frame["cid"] == BASELINE_ID) & frame["valid"]] if not frame.empty else frame
-    return None if rows.empty else float(rows["reward"].iloc[0])
+    return quantities.baseline_reward({v.cid: v for v in frame_views(frame[frame["cid"] == BASELINE_ID])})
+
+
+def best_screened(frame: pd.DataFrame) -> CandidateView | None:
+    return quantities.best_screened(frame_views(frame))
+
+
+def best_reward(frame: pd.DataFrame) -> float | None:
+    best = best_screened(frame)
+    return best.reward if best is not None else None
+
+
+def best_certified(frame: pd.DataFrame) -> CandidateView | None:
+    return quantities.best_certified(frame_views(frame))
+
+
+def execution_rate(frame: pd.DataFrame) -> float | None:
+    return quantities.execution_rate(frame_views(frame))
+
+
+def finished_ideas(frame: pd.DataFrame) -> int:
+    return len(quantities.finished_ideas(frame_views(frame)))
 
 
 def _beat(frame: pd.DataFrame, base: float | None) -> list[bool | None]:

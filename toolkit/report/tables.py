@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import pandas as pd
@@ -11,8 +12,18 @@ import pandas as pd
 from toolkit.disk import tree_bytes
 from toolkit.envs import EnvSpec, tree_sha256
 from toolkit.layout import RunLayout
-from toolkit.report.runs import RunData, baseline_reward, ideas_only, implement_cid
-from toolkit.search.policy import BASELINE_ID
+from toolkit.report.runs import (
+    RunData,
+    baseline_reward,
+    best_reward,
+    best_screened,
+    execution_rate,
+    finished_ideas,
+    frame_views,
+    ideas_only,
+    implement_cid,
+)
+from toolkit.state import BASELINE_ID
 
 FUNNEL = ("proposed", "patch_applied", "preflight_passed", "job_ran", "valid_metric", "beat_baseline")
 RATES = ("execution_rate", "paper_execution_rate")
@@ -22,7 +33,7 @@ DIFF_LINES_SHOWN = 400
 # ---- per-epoch tables ----------------------------------------------------------------------------------------
 def _rewards(group: pd.DataFrame) -> dict[str, Any]:
     valid = group[group["valid"]]["reward"].astype(float)
-    return dict(valid=len(valid), best_reward=float(valid.max()) if len(valid) else None,
+    return dict(valid=len(valid), best_reward=best_reward(group),
                 mean_reward=float(valid.mean()) if len(valid) else None, total=float(valid.sum()))
 
 
@@ -30,7 +41,7 @@ def epoch_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Best and average reward per epoch (average over valid runs, and with failures as 0 as in RL)."""
     rows, best_so_far = [], None
     for epoch, group in ideas_only(frame).groupby("epoch"):
-        stats, finished = _rewards(group), int(_finished(group).sum())
+        stats, finished = _rewards(group), finished_ideas(group)
         best = stats["best_reward"]
         best_so_far = best if best_so_far is None or (best is not None and best > best_so_far) else best_so_far
         rows.append(dict(epoch=int(cast(int, epoch)), ideas=len(group), finished=finished, valid=stats["valid"],
@@ -42,16 +53,16 @@ def epoch_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def execution_rates(ideas: pd.DataFrame) -> dict[str, float | None]:
-    """Valid results per finished idea, as measured, and as the paper would have counted them (`paper_valid`:
-    without the revisions our preflight bought; the same number when the preflight was off). The event-log view
-    (W&B) has no implement records, so no paper rate."""
-    finished = int(_finished(ideas).sum())
-    paper = _ratio(int(ideas["paper_valid"].sum()), finished) if "paper_valid" in ideas else None
-    return dict(execution_rate=_ratio(int(ideas["valid"].sum()), finished), paper_execution_rate=paper)
+    """Valid results per finished idea (`toolkit.state.execution_rate`), and as the paper would have counted them
+    (`paper_valid`: without the revisions our preflight bought; the same number when the preflight was off). The
+    event-log view (W&B) has no implement records, so no paper rate."""
+    paper = _ratio(int(ideas["paper_valid"].sum()), finished_ideas(ideas)) if "paper_valid" in ideas else None
+    return dict(execution_rate=execution_rate(ideas), paper_execution_rate=paper)
 
 
 def _finished(frame: pd.DataFrame) -> pd.Series:
-    return frame["status"].fillna("").ne("") | frame["implement_status"].isin(["failed", "invalid"])
+    """Per row: finished as the execution rate counts it (`CandidateView.finished`)."""
+    return pd.Series([v.finished for v in frame_views(frame)], index=frame.index, dtype=bool)
 
 
 def _count_true(values: Iterable[Any]) -> int | None:
@@ -81,7 +92,7 @@ def category_table(frame: pd.DataFrame) -> pd.DataFrame:
     for category, group in ideas.groupby("category"):
         stats = _rewards(group)
         rows.append(dict(category=category, ideas=len(group), share=len(group) / len(ideas), valid=stats["valid"],
-                         execution_rate=stats["valid"] / len(group), mean_reward=stats["mean_reward"],
+                         execution_rate=execution_rate(group), mean_reward=stats["mean_reward"],
                          best_reward=stats["best_reward"], beat_baseline=_count_true(group["beat_baseline"])))
     return pd.DataFrame(rows, columns=["category", "ideas", "share", "valid", "execution_rate", "mean_reward",
                                        "best_reward", "beat_baseline"])
@@ -100,7 +111,7 @@ def thinking_table(frame: pd.DataFrame) -> pd.DataFrame:
     for span, group in quantile_groups(ideas, "thinking_tokens", THINKING_BINS):
         stats = _rewards(group)
         rows.append(dict(thinking_tokens=span, ideas=len(group), valid=stats["valid"],
-                         execution_rate=stats["valid"] / len(group), mean_reward=stats["mean_reward"],
+                         execution_rate=execution_rate(group), mean_reward=stats["mean_reward"],
                          best_reward=stats["best_reward"]))
     return pd.DataFrame(rows, columns=columns)
 
@@ -128,11 +139,9 @@ def reference_table(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
     spec = run.env_spec()
     if spec is None or frame.empty:
         return pd.DataFrame(columns=columns)
-    valid = frame[frame["valid"]]
-    base = valid[valid["cid"] == BASELINE_ID]
-    found = valid[valid["cid"] != BASELINE_ID]
-    best = found.loc[pd.to_numeric(found["reward"]).idxmax()] if not found.empty else None
-    best_metric = float(best["metric"]) if best is not None else None
+    base = frame[frame["valid"] & (frame["cid"] == BASELINE_ID)]
+    best = best_screened(frame)
+    best_metric = best.metric if best is not None else None
     others = [("this run: baseline (measured)", float(base["metric"].iloc[0]) if not base.empty else None)]
     if not run.smoke:  # a smoke run's metric is not the env's real metric
         others += [(f"reference: {name}", float(value)) for name, value in spec.references.items()]
@@ -140,7 +149,7 @@ def reference_table(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
     compared = [_versus(spec, label, metric, best_metric) if same or not label.startswith("reference")
                 else _versus(spec, f"{label} (measured with another recipe: not comparable)", metric, None)
                 for label, metric in others]
-    best_row = _versus(spec, f"this run: best found ({best['cid']})" if best is not None else "this run: best found",
+    best_row = _versus(spec, f"this run: best found ({best.cid})" if best is not None else "this run: best found",
                        best_metric, None)
     return pd.DataFrame([compared[0], best_row, *compared[1:]], columns=columns)
 
@@ -158,8 +167,11 @@ def _versus(spec: EnvSpec, label: str, metric: float | None, best: float | None)
 
 
 # ---- diversity -----------------------------------------------------------------------------------------------
-# The one definition of idea similarity, for search reports and RL alike (toolkit.rl.metrics imports it):
+# The one definition of idea similarity and diversity, for search reports and RL alike (toolkit.rl imports it):
 # Jaccard similarity of word sets, words lower-cased, numbers such as 0.3 kept whole (a learning rate is content).
+# Ideas whose similarity reaches a threshold are one idea: RL passes its `same_idea_jaccard` (the paper's collapse
+# is the same idea in different words); the search report `SAME_WORDS` (only the same words are the same idea).
+SAME_WORDS = 1.0
 WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
 
 
@@ -180,18 +192,50 @@ def mean_pairwise_jaccard(sets: Sequence[frozenset[str]]) -> float | None:
     return _ratio(sum(pairs), len(pairs))
 
 
-def diversity(texts: list[str]) -> dict[str, Any]:
-    """Distinct ideas (same word sequence = same idea), mean pairwise Jaccard of word sets, top idea's share."""
-    tokens = [words(t) for t in texts]
-    counts = pd.Series([" ".join(t) for t in tokens], dtype=str).value_counts()
-    return dict(ideas=len(texts), distinct=int(len(counts)),
-                mean_jaccard=mean_pairwise_jaccard([frozenset(t) for t in tokens]),
-                top_share=_ratio(float(counts.iloc[0]), len(texts)) if texts else None)
+def clusters(sets: Sequence[frozenset[str]], threshold: float) -> list[list[int]]:
+    """Greedy leader clustering in order: each idea joins the first leader it overlaps by `threshold`, else leads
+    a new cluster. Returns each cluster's member indices. Identical word sets land together without a comparison
+    (a collapsed run repeats ideas verbatim, so a whole run's ideas cluster in about one pass)."""
+    leaders: list[frozenset[str]] = []
+    members: list[list[int]] = []
+    known: dict[frozenset[str], int] = {}
+    for i, words in enumerate(sets):
+        home = known[words] if words in known else _leader(words, leaders, threshold)
+        if home == len(leaders):
+            leaders.append(words)
+            members.append([])
+        known[words] = home
+        members[home].append(i)
+    return members
+
+
+def _leader(words: frozenset[str], leaders: Sequence[frozenset[str]], threshold: float) -> int:
+    """The first leader `words` overlaps by `threshold`; len(leaders) when none does. At a threshold of 1 only
+    the same set is the same idea, and `clusters` finds those without comparing."""
+    if threshold >= SAME_WORDS:
+        return len(leaders)
+    return next((k for k, lead in enumerate(leaders) if jaccard(words, lead) >= threshold), len(leaders))
+
+
+@dataclass(frozen=True)
+class Diversity:
+    ideas: int
+    distinct: int                      # clusters of ideas that are the same idea at the threshold
+    mean_jaccard: float | None         # mean over all pairs of ideas
+    top_share: float | None            # share of the ideas in the largest cluster
+
+
+def diversity(ideas: Sequence[str], threshold: float = SAME_WORDS) -> Diversity:
+    sets = [word_set(i) for i in ideas]
+    sizes = [len(c) for c in clusters(sets, threshold)]
+    return Diversity(ideas=len(sets), distinct=len(sizes), mean_jaccard=mean_pairwise_jaccard(sets),
+                     top_share=_ratio(max(sizes), len(sets)) if sets else None)
 
 
 def diversity_table(frame: pd.DataFrame) -> pd.DataFrame:
-    rows = [dict(epoch=int(cast(int, e)), **diversity(list(g["idea"]))) for e, g in ideas_only(frame).groupby("epoch")]
-    return pd.DataFrame(rows, columns=["epoch", "ideas", "distinct", "mean_jaccard", "top_share"])
+    rows = [dict(epoch=int(cast(int, e)), **diversity(list(g["idea"])).__dict__)
+            for e, g in ideas_only(frame).groupby("epoch")]
+    return pd.DataFrame(rows, columns=["epoch", *Diversity.__dataclass_fields__])
 
 
 # ---- spend ---------------------------------------------------------------------------------------------------
@@ -262,25 +306,24 @@ def comparison_table(runs: list[RunData], frames: list[pd.DataFrame]) -> pd.Data
 
 def _comparison_row(run: RunData, frame: pd.DataFrame) -> dict[str, Any]:
     ideas = ideas_only(frame)
-    valid = ideas[ideas["valid"]]
-    best = valid.loc[valid["reward"].astype(float).idxmax()] if len(valid) else None
+    best = best_screened(ideas)
     return dict(run=run.name, strategy=run.strategy, ideator=run.ideator_model, epochs=ideas["epoch"].nunique(),
-                ideas=len(ideas), valid=len(valid), **execution_rates(ideas),
-                baseline_reward=baseline_reward(frame), best_reward=None if best is None else float(best["reward"]),
-                best_epoch=None if best is None else int(best["epoch"]), llm_usd=sum(llm_usd_per_epoch(run).values()),
+                ideas=len(ideas), valid=int(ideas["valid"].sum()), **execution_rates(ideas),
+                baseline_reward=baseline_reward(frame), best_reward=None if best is None else best.reward,
+                best_epoch=None if best is None else best.epoch, llm_usd=sum(llm_usd_per_epoch(run).values()),
                 gpu_hours=float(frame["gpu_hours"].sum()))
 
 
 def certification_table(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
     columns = ["cid", "screened", "rerun_mean", "ci_low", "ci_high", "n", "p_value", "verdict", "idea"]
-    floor = run.state.meta.get("floor")
+    floor = run.state.certification.floor
     rows = []
-    if floor:
-        note = ("floor: every seed gave the same metric (the env ignores TOOLKIT_SEED)" if floor.get("seed_ignored")
+    if floor is not None:
+        note = ("floor: every seed gave the same metric (the env ignores TOOLKIT_SEED)" if floor.seed_ignored
                 else "noise floor")
-        rows.append(dict(cid="baseline", screened=None, rerun_mean=floor["mean"], ci_low=floor["mean"] - floor["sd"],
-                         ci_high=floor["mean"] + floor["sd"], n=floor["n"], p_value=None, verdict=note,
-                         idea=f"the unchanged codebase: mean ± sd over {floor['n']} seeds"))
+        rows.append(dict(cid="baseline", screened=None, rerun_mean=floor.mean, ci_low=floor.mean - floor.sd,
+                         ci_high=floor.mean + floor.sd, n=floor.n, p_value=None, verdict=note,
+                         idea=f"the unchanged codebase: mean ± sd over {floor.n} seeds"))
     ideas = ideas_only(frame)
     tested = ideas[ideas["verdict"].fillna("") != ""]
     for r in tested.sort_values(["verdict", "cert_metric"]).itertuples():
@@ -299,7 +342,7 @@ def certification_summary(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
 
     ideas = ideas_only(frame)
     verdicts = ideas["verdict"].fillna("")
-    alpha = run.state.meta.get("search", {}).get("certify", {}).get("alpha")
+    alpha = run.state.search.config.get("certify", {}).get("alpha")
     screen, cert = hours(run.state)
     ran = [run_hours(v) for v in run.state.candidates.values() if v.status == "ok"]
     dups = int((ideas["duplicate_of"].fillna("") != "").sum())

@@ -2,7 +2,9 @@
 
 Off by default. `mode: offline` needs no network or account (sync later with `wandb sync DIR`). `wandb` is an
 optional dependency (`pip install 'toolkit[wandb]'`), imported only when logging is enabled. The numbers are
-the report's own (`toolkit.report.tables.epoch_table` on the event-log view), so W&B and `toolkit report` agree.
+the report's own (`toolkit.report.tables.epoch_table` and `diversity` on the event-log view) and the run
+summary is the live view's (`toolkit.state`'s baseline reward, best and execution rate), so W&B, `toolkit status`
+and `toolkit report` agree.
 
     logger = make_logger(settings, run_dir, config)      # None when disabled
     ... in the daemon's tick:  logger.update(state)       # logs each new result and each newly ended epoch once
@@ -17,9 +19,9 @@ from typing import Any
 
 from toolkit.config import WandbSettings
 from toolkit.errors import ConfigError
-from toolkit.report.runs import baseline_reward, ideas_only, state_frame
-from toolkit.report.tables import epoch_table
-from toolkit.state import CandidateView, RunState
+from toolkit.report.runs import ideas_only, state_frame
+from toolkit.report.tables import diversity, epoch_table
+from toolkit.state import BASELINE_ID, CandidateView, RunState
 
 
 def import_wandb() -> Any:
@@ -55,34 +57,33 @@ class WandbLogger:
             return
         self.results.add(view.cid)
         row = {"result/index": len(self.results), "result/epoch": view.epoch, "result/reward": view.reward,
-               "result/metric": view.metric, "result/valid": int(view.status == "ok" and bool(view.reward)),
+               "result/metric": view.metric, "result/valid": int(view.valid),
                "result/wall_s": view.wall_s, "result/diff_lines": view.diff_lines}
         self.run.log(_known(row))
-        if view.origin == "baseline" and view.reward is not None:
+        if view.cid == BASELINE_ID and view.valid:
             self.run.summary["baseline_reward"] = view.reward
 
     def log_epoch(self, state: RunState) -> None:
         """One row per ended epoch, logged once, with the run's spend so far."""
 
-        ended = [e for e in state.meta.get("epochs_ended", []) if e not in self.epochs]
+        ended = [e for e in state.search.epochs_ended if e not in self.epochs]
         if not ended:
             return
-        epochs = epoch_table(state_frame(state)).set_index("epoch")
+        frame = state_frame(state)
+        epochs, ideas = epoch_table(frame).set_index("epoch"), ideas_only(frame)
         for epoch in ended:
             self.epochs.add(epoch)
-            stats = epochs.loc[epoch].to_dict() if epoch in epochs.index else {}
+            spread = diversity(list(ideas.loc[ideas["epoch"] == epoch, "idea"])).__dict__   # the report's diversity
+            stats = {**spread, **(epochs.loc[epoch].to_dict() if epoch in epochs.index else {})}
             row = {"epoch/epoch": epoch, "epoch/llm_usd_so_far": state.llm_spend_usd,
                    "epoch/gpu_hours_so_far": state.gpu_hours, **{f"epoch/{k}": v for k, v in stats.items()}}
             self.run.log(_known(row))
         self.run.summary.update(_known(self._summary(state)))
 
     def _summary(self, state: RunState) -> dict[str, Any]:
-
-        frame = state_frame(state)
-        valid = ideas_only(frame)[lambda f: f["valid"]]
-        return {"best_reward": float(valid["reward"].max()) if len(valid) else None,
-                "baseline_reward": baseline_reward(frame), "execution_rate": state.execution_rate(),
-                "llm_usd": state.llm_spend_usd, "gpu_hours": state.gpu_hours}
+        best = state.best_screened()
+        return {"best_reward": best.reward if best else None, "baseline_reward": state.baseline_reward(),
+                "execution_rate": state.execution_rate(), "llm_usd": state.llm_spend_usd, "gpu_hours": state.gpu_hours}
 
     def update(self, state: RunState) -> None:
         """Call from the daemon's tick: logs what is new since the last call."""

@@ -1,65 +1,29 @@
 """Per-step metrics: rewards, execution rate, lengths, diversity, time split; and their Rich table.
 
-Diversity is measured with the search report's one definition of similarity (toolkit.report.tables: Jaccard
-of word sets): the paper's collapse is the same idea in different words, so "distinct" counts clusters of ideas
-whose Jaccard similarity reaches a threshold (greedy leader clustering, in sampling order), and the top share is
-the largest cluster's share of the group.
+Diversity is the search report's one definition (`toolkit.report.tables.diversity`: Jaccard of word sets, ideas
+clustered at a threshold), at the run's `same_idea_jaccard`: the paper's collapse is the same idea in different
+words, so "distinct" counts clusters of ideas, and the top share is the largest cluster's share of the group.
+
+`exec_rate` is the execution rate per rollout: the runs that ended valid (`toolkit.state.valid_result`, the
+search's own test) over every rollout of the step, a rollout without an idea counting as one that did not run.
+It is not the search's execution rate (`toolkit.state.execution_rate`, valid results per finished idea): a
+rollout that yields no idea is the policy's failure and earns reward 0, while a search's ideation call that
+yields no idea is retried and is no idea. `exec_rate = idea_rate * (valid results per idea)`.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from rich import box
 from rich.console import Group
 from rich.table import Table
 
-from toolkit.report.tables import jaccard, mean_pairwise_jaccard, word_set
+from toolkit.report.tables import jaccard
 
 
 def max_jaccard(words: frozenset[str], others: Iterable[frozenset[str]]) -> float:
     return max((jaccard(words, o) for o in others), default=0.0)
-
-
-def clusters(sets: Sequence[frozenset[str]], threshold: float) -> list[list[int]]:
-    """Greedy leader clustering in order: each idea joins the first leader it overlaps by `threshold`, else leads
-    a new cluster. Returns each cluster's member indices. Identical word sets land together without a comparison
-    (a collapsed run repeats ideas verbatim, so a whole run's ideas cluster in about one pass)."""
-    leaders: list[frozenset[str]] = []
-    members: list[list[int]] = []
-    known: dict[frozenset[str], int] = {}
-    for i, words in enumerate(sets):
-        home = known[words] if words in known else _leader(words, leaders, threshold)
-        if home == len(leaders):
-            leaders.append(words)
-            members.append([])
-        known[words] = home
-        members[home].append(i)
-    return members
-
-
-def _leader(words: frozenset[str], leaders: Sequence[frozenset[str]], threshold: float) -> int:
-    """The first leader `words` overlaps by `threshold`; len(leaders) when none does."""
-    return next((k for k, lead in enumerate(leaders) if jaccard(words, lead) >= threshold), len(leaders))
-
-
-def cluster_sizes(sets: Sequence[frozenset[str]], threshold: float) -> list[int]:
-    return [len(c) for c in clusters(sets, threshold)]
-
-
-@dataclass(frozen=True)
-class Diversity:
-    distinct: int                      # clusters of near-identical ideas
-    mean_jaccard: float | None         # mean over all pairs of ideas
-    top_share: float | None            # share of the ideas in the largest cluster
-
-
-def diversity(ideas: Sequence[str], threshold: float) -> Diversity:
-    sets = [word_set(i) for i in ideas]
-    sizes = cluster_sizes(sets, threshold)
-    top = max(sizes) / len(sets) if sets else None
-    return Diversity(distinct=len(sizes), mean_jaccard=mean_pairwise_jaccard(sets), top_share=top)
 
 
 def near_duplicate_share(ideas: Sequence[str]) -> float | None:

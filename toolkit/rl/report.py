@@ -7,12 +7,14 @@ rollouts.csv (one row per rollout).
 
 - reward per step, mean and max (the paper's Fig. 5: the mean rises, the max does not);
 - thinking length vs idea length per step (Fig. 6: the thinking shrinks);
-- execution rate by thinking-length tercile;
+- rollout execution rate by thinking-length tercile;
 - the most repeated ideas, how often each step proposed them, and Jaccard similarity over steps (Fig. 7: collapse).
 
-"The same idea" is the trainer's: word sets whose Jaccard similarity reaches `same_idea_jaccard` (the clusters of
-toolkit.rl.metrics, the similarity of toolkit.report.tables); "executed" is the execution rate's: the run ended
-ok with a non-zero reward, over every rollout of the group (a rollout without an idea never runs).
+"The same idea" is the trainer's: word sets whose Jaccard similarity reaches `same_idea_jaccard` (the clusters and
+the similarity of toolkit.report.tables); "executed" is the search's valid result (`toolkit.state.valid_result`: the
+run ended ok with a non-zero reward), and the rollout execution rate counts it over every rollout of the group (a
+rollout without an idea never runs), not over finished ideas as the search's execution rate does (see
+toolkit.rl.metrics).
 """
 from __future__ import annotations
 
@@ -28,22 +30,23 @@ import pandas as pd
 from toolkit import fsio
 from toolkit.errors import ConfigError
 from toolkit.report import page
-from toolkit.report.tables import clip, quantile_groups
+from toolkit.report.tables import clip, clusters, diversity, quantile_groups, word_set
 from toolkit.rl import report_plots
 from toolkit.rl.config import MitigationConfig, RLConfig, load_rl_config
 from toolkit.rl.layout import RLLayout, StepPaths
-from toolkit.rl.metrics import clusters, diversity, max_jaccard, mean, word_set
+from toolkit.rl.metrics import max_jaccard, mean
 from toolkit.schema import load_yaml
+from toolkit.state import valid_result
 
 ROLLOUT_COLUMNS = ["step", "idea_id", "thinking_tokens", "idea_tokens", "forced_close", "has_idea", "status",
                    "executed", "reward", "shaped", "advantage", "same_idea", "idea"]
 TYPES = {"step": int, "thinking_tokens": int, "idea_tokens": int, "forced_close": bool, "has_idea": bool,
          "executed": bool, "reward": float, "shaped": float, "advantage": float}     # also when there is no row
-OUTCOME_COLUMNS = ["rollouts", "ideas", "executed", "execution_rate", "reward_mean", "reward_max"]
+OUTCOME_COLUMNS = ["rollouts", "ideas", "executed", "rollout_execution_rate", "reward_mean", "reward_max"]
 STEP_COLUMNS = ["step", *OUTCOME_COLUMNS, "shaped_mean", "thinking_tokens_mean", "idea_tokens_mean",
                 "distinct_ideas", "top_idea_share", "mean_jaccard", "jaccard_to_previous"]
 REPEATED_COLUMNS = ["same_idea", "ideas", "share", "steps", "first_step", "last_step", "in_last_step",
-                    "last_step_share", "execution_rate", "reward_mean", "idea"]
+                    "last_step_share", "rollout_execution_rate", "reward_mean", "idea"]
 THINKING_BINS = 3                      # terciles
 TOP_REPEATED = 10                      # ideas proposed more than once listed in the repeated-ideas table ...
 PLOTTED_REPEATED = 5                   # ... and followed per step
@@ -98,7 +101,7 @@ def _rollout_row(n: int, rollout: dict[str, Any], reward: dict[str, Any]) -> dic
     idea = rollout["idea"]
     return dict(step=n, idea_id=rollout["idea_id"], thinking_tokens=rollout["thinking_tokens"],
                 idea_tokens=rollout["idea_tokens"], forced_close=rollout["forced_close"], has_idea=idea is not None,
-                status=reward["status"], executed=reward["status"] == "ok" and reward["env"] != 0,
+                status=reward["status"], executed=valid_result(reward["status"], reward["env"]),
                 reward=float(reward["env"]), shaped=float(reward["total"]), advantage=float(reward["advantage"]),
                 idea=idea or "")
 
@@ -116,10 +119,11 @@ def with_same_idea(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
 
 # ---- tables ------------------------------------------------------------------------------------------------
 def outcomes(group: pd.DataFrame) -> dict[str, Any]:
-    """Rollouts, ideas, executed, execution rate and env reward (a failed run or no idea = 0) of some rollouts."""
+    """Rollouts, ideas, executed, rollout execution rate and env reward (a failed run or no idea = 0) of some
+    rollouts."""
     executed = int(group["executed"].sum())
     return dict(rollouts=len(group), ideas=int(group["has_idea"].sum()), executed=executed,
-                execution_rate=executed / len(group), reward_mean=float(group["reward"].mean()),
+                rollout_execution_rate=executed / len(group), reward_mean=float(group["reward"].mean()),
                 reward_max=float(group["reward"].max()))
 
 
@@ -171,7 +175,7 @@ def _repeated_row(rank: int, group: pd.DataFrame, ideas: int, last: pd.DataFrame
     return dict(same_idea=rank, ideas=len(group), share=len(group) / ideas, steps=int(group["step"].nunique()),
                 first_step=int(group["step"].min()), last_step=int(group["step"].max()), in_last_step=in_last,
                 last_step_share=in_last / len(last) if len(last) else None,
-                execution_rate=float(group["executed"].mean()),
+                rollout_execution_rate=float(group["executed"].mean()),
                 reward_mean=float(group["reward"].mean()), idea=clip(group["idea"].iloc[0]))
 
 
@@ -221,13 +225,14 @@ def build_rl_report(root: Path, out_dir: Path | None = None) -> RLReportOutcome:
 
 CAPTIONS = {
     "steps": "Every step. Reward = the environment's (a failed run or a rollout without an idea earns 0), over all "
-             "rollouts; shaped = with the mitigations, what the update used. Execution rate = runs that ended ok "
-             "with a non-zero reward / rollouts. Tokens: thinking over all rollouts, idea over those with an idea. "
+             "rollouts; shaped = with the mitigations, what the update used. Rollout execution rate = runs that ended "
+             "ok with a non-zero reward / rollouts (a rollout without an idea counts; the search's rate is per "
+             "finished idea). Tokens: thinking over all rollouts, idea over those with an idea. "
              "distinct = ideas told apart at the run's same-idea Jaccard; top share = the largest one's share; "
              "mean Jaccard = over all pairs of the step's ideas; to previous = each idea's largest Jaccard with the "
              "previous step's ideas, averaged.",
     "thinking": "Every rollout of the run in terciles of its thinking length (tokens; fewer bins when lengths "
-                "repeat): execution rate and reward per tercile. Later steps think less, so the terciles also "
+                "repeat): rollout execution rate and reward per tercile. Later steps think less, so the terciles also "
                 "split the run in time.",
     "repeated": "The run's most repeated ideas, proposed more than once (ideas whose word sets overlap by the run's "
                 "same-idea Jaccard are one idea), each as first proposed: rollouts that proposed it, its share of all "

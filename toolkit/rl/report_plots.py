@@ -41,11 +41,12 @@ def length_plot(steps: pd.DataFrame) -> bytes:
 
 
 def thinking_plot(thinking: pd.DataFrame) -> bytes:
-    """Execution rate per thinking-length tercile, each bar labelled with its rollouts."""
-    fig, ax = axes("Execution rate by thinking length", "thinking tokens (tercile)", "execution rate")
+    """Rollout execution rate per thinking-length tercile, each bar labelled with its rollouts."""
+    fig, ax = axes("Execution rate by thinking length", "thinking tokens (tercile)", "rollout execution rate")
     if thinking.empty:
         empty(ax, "rewarded steps")
-    bars = ax.bar(thinking["thinking_tokens"].astype(str), thinking["execution_rate"].astype(float), color="tab:green")
+    rates = thinking["rollout_execution_rate"].astype(float)
+    bars = ax.bar(thinking["thinking_tokens"].astype(str), rates, color="tab:green")
     ax.bar_label(bars, labels=[f"{n} rollouts" for n in thinking["rollouts"]], fontsize=8)
     ax.set_ylim(0, 1.1)
     return png(fig)

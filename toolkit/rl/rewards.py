@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from toolkit.report.tables import word_set
 from toolkit.rl.config import MitigationConfig
-from toolkit.rl.metrics import max_jaccard, word_set
+from toolkit.rl.metrics import max_jaccard
 from toolkit.rl.sampling import Rollout
 from toolkit.state import CandidateView
 

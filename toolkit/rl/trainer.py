@@ -24,16 +24,17 @@ from toolkit.errors import ToolkitError
 from toolkit.layout import RunLayout
 from toolkit.loop import execute_ideas
 from toolkit.records import Idea, to_json
+from toolkit.report.tables import diversity, word_set
 from toolkit.rl import checkpoint
 from toolkit.rl.config import RLConfig, load_rl_config
 from toolkit.rl.grpo import UpdateStats, group_advantages, make_optimizer, policy_gradient_step
 from toolkit.rl.layout import CheckpointPaths, RLLayout, StepPaths
-from toolkit.rl.metrics import diversity, mean, metrics_table, near_duplicate_share, word_set
+from toolkit.rl.metrics import mean, metrics_table, near_duplicate_share
 from toolkit.rl.policy import encode_prompt, ensure_base_model, load_policy, load_tokenizer, think_close_id
 from toolkit.rl.prompt import ideation_prompt, previous_results
 from toolkit.rl.rewards import Reward, shape_reward
 from toolkit.rl.sampling import Rollout, make_sampler, to_rollout
-from toolkit.state import CandidateView, load_state
+from toolkit.state import CandidateView, load_state, valid_result
 
 
 class StepInterrupted(ToolkitError):
@@ -164,7 +165,7 @@ def step_metrics(n: int, rollouts: list[Rollout], rewards: list[Reward], stats: 
                  same_idea: float) -> dict[str, Any]:
     ideas = [r.idea for r in rollouts if r.idea is not None]
     div = diversity(ideas, same_idea)
-    ran = [re for re in rewards if re.status == "ok" and re.env]
+    ran = [re for re in rewards if valid_result(re.status, re.env)]
     return {"step": n, "rollouts": len(rollouts), "idea_rate": len(ideas) / len(rollouts),
             "exec_rate": len(ran) / len(rollouts), "reward_mean": mean([r.env for r in rewards]),
             "reward_max": max(r.env for r in rewards), "shaped_mean": mean([r.total for r in rewards]),

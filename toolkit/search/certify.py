@@ -25,33 +25,33 @@ from toolkit.config import SearchRunConfig
 from toolkit.envs import EnvSpec
 from toolkit.execute.patching import apply_patch
 from toolkit.layout import REPLICA_MARK, RunLayout
-from toolkit.search.policy import BASELINE_ID
-from toolkit.state import CandidateView, EventLog, RunState
+from toolkit.state import (
+    BASELINE_ID,
+    CandidateView,
+    EventLog,
+    NoiseFloor,
+    Round,
+    RunState,
+    VerdictLabel,
+    baseline_reward,
+)
 
 CI_LEVEL = 0.95
 REPLICA_FAILURES = ("failed", "invalid", "timeout")   # the candidate's own doing; `lost` is the cluster's
 
 
 # ---- statistics -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Floor:
-    """The baseline's spread across seeds: what noise alone does to the metric."""
-    n: int
-    mean: float
-    sd: float
-    mean_reward: float | None
-    seed_ignored: bool                 # every seed gave the same metric: the env ignores TOOLKIT_SEED
-
-
-def noise_floor(metrics: Sequence[float], rewards: Sequence[float]) -> Floor:
+def noise_floor(metrics: Sequence[float], rewards: Sequence[float], runs: int | None = None) -> NoiseFloor:
+    """The baseline's spread over the `metrics` of its ok runs, out of `runs` (default: as many as metrics)."""
     sd = statistics.stdev(metrics) if len(metrics) > 1 else 0.0
     mean_reward = statistics.fmean(rewards) if rewards else None
-    return Floor(len(metrics), statistics.fmean(metrics), sd, mean_reward, len(metrics) > 1 and sd == 0.0)
+    return NoiseFloor(n=len(metrics), mean=statistics.fmean(metrics), sd=sd, mean_reward=mean_reward,
+                      seed_ignored=len(metrics) > 1 and sd == 0.0, runs=len(metrics) if runs is None else runs)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    verdict: str                       # certified | not significant | unreproducible
+    verdict: VerdictLabel
     reason: str
     n: int = 0                         # re-runs that ended ok
     mean: float | None = None          # their mean metric
@@ -116,10 +116,8 @@ def _tested(ok: Sequence[CandidateView], baseline: Sequence[float], direction: s
     gain = improvement(mean, statistics.fmean(baseline), direction)
     text = (f"re-runs {mean:.4g} [{low:.4g}, {high:.4g}] vs baseline {statistics.fmean(baseline):.4g} "
             f"(n={len(baseline)}{note}): improvement {gain:+.4g}, p={p:.2g}")
-    if p < alpha:
-        verdict, reason = "certified", f"{text} < alpha {alpha:g}"
-    else:
-        verdict, reason = "not significant", f"{text} >= alpha {alpha:g}"
+    verdict: VerdictLabel = "certified" if p < alpha else "not significant"
+    reason = f"{text} < alpha {alpha:g}" if p < alpha else f"{text} >= alpha {alpha:g}"
     return Verdict(verdict, reason, n=len(ok), mean=mean, low=low, high=high, reward=reward, p_value=p)
 
 
@@ -135,10 +133,10 @@ def interleave(candidate_runs: Sequence[Any], baseline_runs: Sequence[Any]) -> l
 
 
 def nominees(views: dict[str, CandidateView], bar: float | None, k: int) -> list[str]:
-    """The best screened candidates not yet tested: ok, beating the baseline's screening reward, best first."""
+    """The best screened candidates not yet tested: valid, beating the baseline's screening reward, best first."""
     tested = {v.cid for v in views.values() if v.verdict or v.cert_round >= 0}
-    pool = [v for v in views.values() if v.cid != BASELINE_ID and v.cid not in tested and v.status == "ok"
-            and v.reward is not None and (bar is None or v.reward > bar) and not v.duplicate_of]
+    pool = [v for v in views.values() if v.cid != BASELINE_ID and v.cid not in tested and v.valid
+            and (bar is None or float(v.reward or 0.0) > bar) and not v.duplicate_of]
     return [v.cid for v in sorted(pool, key=lambda v: (-float(v.reward), v.cid))[:k]]  # type: ignore[arg-type]
 
 
@@ -200,21 +198,22 @@ class Certifier:
 
     def next_seeds(self, n: int) -> list[int]:
         """Fresh seeds, never used before in this search (the counter lives in the event log)."""
-        first = 1 + int(self.state.meta.get("seeds_issued", 0))
+        first = 1 + self.state.certification.seeds_issued
         return list(range(first, first + n))
 
     def after_epoch(self, epoch: int, last: bool) -> None:
         """A round after an epoch ends (every epoch, or the last one only)."""
-        if not self.on or self.state.meta.get("certify_stopped") or not (self.c.every_epoch or last):
+        cert = self.state.certification
+        if not self.on or cert.stopped or not (self.c.every_epoch or last):
             return
-        rounds = self.state.meta.get("rounds", {}).values()
-        if epoch in self.state.meta.get("certified_after", []) or any(r["epoch"] == epoch for r in rounds):
+        if epoch in cert.certified_after or any(r.epoch == epoch for r in cert.rounds.values()):
             return                                              # once per epoch, a restart included
         self._nominate(epoch)
         self.log.emit("certify_checked", epoch=epoch)
 
     def _nominate(self, epoch: int) -> None:
-        picked = self._without_seed_changes(nominees(self.state.candidates, self._screen_bar(), self.c.top_k))
+        views = self.state.candidates
+        picked = self._without_seed_changes(nominees(views, baseline_reward(views), self.c.top_k))
         fits = self.affordable(len(picked))
         if picked and fits == 0:
             self.log.emit("certify_stopped", reason=f"the certification share of the budget "
@@ -244,13 +243,10 @@ class Certifier:
                 for i, c in enumerate(cids) for s in seeds[i * self.c.seeds:(i + 1) * self.c.seeds]]
         base = [dict(rid=replica_id(BASELINE_ID, s), parent=BASELINE_ID, seed=s)
                 for s in seeds[len(cids) * self.c.seeds:]]
-        number = len(self.state.meta.get("rounds", {}))
+        number = len(self.state.certification.rounds)
         self.log.emit("replicas_planned", purpose="certify", round=number, epoch=epoch, cids=cids,
                       runs=interleave(cand, base))
 
-    def _screen_bar(self) -> float | None:
-        base = self.state.candidates.get(BASELINE_ID)
-        return base.reward if base is not None and base.status == "ok" else None
 
     # ---- the budget share ---------------------------------------------------------------------------------
     def allowance_hours(self) -> float:
@@ -319,15 +315,15 @@ class Certifier:
     # ---- verdicts -----------------------------------------------------------------------------------------
     def judge_rounds(self) -> None:
         self._record_floor()
-        judged = set(self.state.meta.get("judged", []))
-        for number, rnd in sorted(self.state.meta.get("rounds", {}).items(), key=lambda kv: int(kv[0])):
-            if int(number) not in judged and all(self.state.replicas[r].terminal for r in rnd["rids"]):
-                self._judge_round(int(number), rnd)
+        cert = self.state.certification
+        for number, rnd in sorted(cert.rounds.items()):
+            if number not in cert.judged and all(self.state.replicas[r].terminal for r in rnd.rids):
+                self._judge_round(number, rnd)
 
-    def _judge_round(self, number: int, rnd: dict[str, Any]) -> None:
-        runs = [self.state.replicas[r] for r in rnd["rids"]]
+    def _judge_round(self, number: int, rnd: Round) -> None:
+        runs = [self.state.replicas[r] for r in rnd.rids]
         base, note = self._baseline_metrics([r for r in runs if r.parent == BASELINE_ID])
-        for cid in rnd["cids"]:
+        for cid in rnd.cids:
             v = judge([r for r in runs if r.parent == cid], base, self.spec.direction, self.c.alpha,
                       self.c.min_effect, note)
             self.log.emit("verdict", cid=cid, round=number, **v.__dict__)
@@ -347,16 +343,15 @@ class Certifier:
     def _record_floor(self) -> None:
         runs = self._floor_runs()
         base = self.state.candidates.get(BASELINE_ID)
-        if "floor" in self.state.meta or not runs or base is None:
+        if self.state.certification.floor is not None or not runs or base is None:
             return
         everyone = [base, *runs]
         ok = [v for v in everyone if v.status == "ok" and v.metric is not None]
         if ok and all(v.terminal for v in everyone):
             metrics = [float(v.metric) for v in ok]  # type: ignore[arg-type]
-            floor = noise_floor(metrics, [float(v.reward) for v in ok if v.reward is not None])
-            self.log.emit("noise_floor", **floor.__dict__, runs=len(everyone))
+            floor = noise_floor(metrics, [float(v.reward) for v in ok if v.reward is not None], runs=len(everyone))
+            self.log.emit("noise_floor", **floor.__dict__)
 
     def busy(self) -> bool:
         """A round still waiting for its replicas or its verdicts."""
-        judged = set(self.state.meta.get("judged", []))
-        return any(int(n) not in judged for n in self.state.meta.get("rounds", {}))
+        return self.state.certification.busy()

@@ -26,7 +26,7 @@ from toolkit.search.ideator import Ideator, Proposal
 from toolkit.search.policy import (
     BASELINE_ID,
     Call,
-    baseline_reward,
+    baseline_bar,
     epoch_calls,
     exemplars,
     explore_sample,
@@ -97,7 +97,7 @@ class Search:
         return 0.0 if grew else math.inf
 
     def start_search(self) -> None:
-        if "search" in self.state.meta:
+        if self.state.search.started:
             return
         self.log.emit("search_started", search=to_dict(self.search), replay=self._replaying())
         if self.search.run_baseline:
@@ -128,7 +128,7 @@ class Search:
 
     # ---- epochs ----------------------------------------------------------------------------------------
     def begin_epoch(self, epoch: int) -> None:
-        have = bool(exemplars(self.state.candidates, 1, epoch, self.state.meta.get("floor")))
+        have = bool(exemplars(self.state.candidates, 1, epoch, self.state.certification.floor))
         plan = [[c.mode, c.count] for c in epoch_calls(self.search, epoch, have)]
         self.log.emit("epoch_started", epoch=epoch, plan=plan)
 
@@ -136,27 +136,27 @@ class Search:
         return [v for v in self.state.candidates.values() if v.epoch == epoch]
 
     def ideas_left(self) -> list[Call]:
-        plan = [Call(m, n) for m, n in self.state.meta.get("plan", [])]
+        plan = [Call(m, n) for m, n in self.state.search.plan]
         done: dict[str, int] = {}
         for view in self.epoch_views(self.epoch):
             done[view.origin] = done.get(view.origin, 0) + 1
         return remaining_calls(plan, done)
 
     def ideation_exhausted(self) -> bool:
-        failures = self.state.meta.get(f"ideation_failures_{self.epoch}", 0)
-        return failures >= self.search.max_ideation_failures
+        return self.state.search.ideation_failures.get(self.epoch, 0) >= self.search.max_ideation_failures
 
     def maybe_end_epoch(self) -> None:
-        if self.state.meta.get("finished") or self.ideation is not None or not self.batches.empty():
+        if self.state.search.finished or self.ideation is not None or not self.batches.empty():
             return
-        if self.epoch in self.state.meta.get("epochs_ended", []):
+        if self.epoch in self.state.search.epochs_ended:
             return self.after_ended_epoch()
         if self.ideas_left() and not self.ideation_exhausted() and not self.budget_reason():
             return
         views = self.epoch_views(self.epoch)
         complete = all(v.terminal for v in views) and not self.pipe.inflight
         deadline = self.search.epoch_deadline_min * 60
-        late = deadline > 0 and self.clock() - self.state.meta.get("epoch_started_at", self.clock()) > deadline
+        started_at = self.state.search.epoch_started_at
+        late = deadline > 0 and started_at is not None and self.clock() - started_at > deadline
         if self.budget_reason() and not self.pipe.pending_jobs() and not self.pipe.inflight:
             return self.finish(f"budget: {self.budget_reason()}")
         if not (complete or late):
@@ -187,9 +187,9 @@ class Search:
 
     def finished(self) -> bool:
         """Finished once the last epoch ended and every submitted job has its result (late ones too)."""
-        if self.state.meta.get("finished"):
+        if self.state.search.finished:
             return not self.pipe.pending_jobs() and not self.pipe.inflight
-        ended = self.state.meta.get("epochs_ended", [])
+        ended = self.state.search.epochs_ended
         if ended and ended[-1] == self.search.epochs - 1 and self.done():
             self.finish("all epochs done")
             return True
@@ -212,14 +212,14 @@ class Search:
     def _context(self, call: Call) -> dict[str, Any]:
         views = self.state.candidates
         if call.mode == "exploit":
-            shown = exemplars(views, self.search.exploit_exemplars, self.epoch, self.state.meta.get("floor"))
+            shown = exemplars(views, self.search.exploit_exemplars, self.epoch, self.state.certification.floor)
         elif call.mode == "explore":
             shown = explore_sample(views, self.search.explore_samples, self.search.seed * 1000 + self.epoch, self.epoch)
         else:
             shown = []
         avoid = [v.idea for v in self.epoch_views(self.epoch) if v.cid != BASELINE_ID]
         earlier = [(v.cid, v.idea) for v in views.values() if v.cid != BASELINE_ID and not v.duplicate_of]
-        return dict(exemplars=shown, avoid=avoid, baseline=baseline_reward(views, self.state.meta.get("floor")),
+        return dict(exemplars=shown, avoid=avoid, baseline=baseline_bar(views, self.state.certification.floor),
                     earlier=earlier)
 
     def _ideate_call(self, epoch: int, call: Call, context: dict[str, Any]) -> None:
@@ -298,7 +298,7 @@ class Search:
 
     def check_budget(self) -> None:
         reason = self.budget_reason()
-        if reason and self.state.meta.get("stopping") != reason:
+        if reason and self.state.search.stopping != reason:
             self.log.emit("stopping", reason=reason)
 
     def close(self) -> None:

@@ -6,9 +6,7 @@ import random
 from dataclasses import dataclass
 
 from toolkit.config import SearchConfig
-from toolkit.state import CandidateView
-
-BASELINE_ID = "baseline"
+from toolkit.state import BASELINE_ID, CandidateView, NoiseFloor, baseline_reward
 
 
 @dataclass(frozen=True)
@@ -53,21 +51,22 @@ def remaining_calls(plan: list[Call], done: dict[str, int]) -> list[Call]:
     return out
 
 
-def baseline_reward(views: dict[str, CandidateView], floor: dict | None = None) -> float | None:
-    """The baseline's mean reward over its noise-floor seeds where measured, else its screening reward."""
-    if floor and floor.get("mean_reward") is not None:
-        return float(floor["mean_reward"])
-    base = views.get(BASELINE_ID)
-    return base.reward if base is not None and base.status == "ok" else None
+def baseline_bar(views: dict[str, CandidateView], floor: NoiseFloor | None = None) -> float | None:
+    """The reward an idea must beat to be shown as an exemplar: the baseline's mean reward over its noise-floor
+    seeds where measured (one seed's luck must not set the bar), else its screening reward
+    (`toolkit.state.baseline_reward`, what the tables and the report show)."""
+    if floor is not None and floor.mean_reward is not None:
+        return floor.mean_reward
+    return baseline_reward(views)
 
 
 def exemplars(views: dict[str, CandidateView], limit: int, before_epoch: int,
-              floor: dict | None = None) -> list[CandidateView]:
+              floor: NoiseFloor | None = None) -> list[CandidateView]:
     """Ideas of earlier epochs that beat the measured baseline, best first (all ok ideas when no baseline
     was run), ranked by their re-runs' mean where they were re-run (`ranking_reward`): a lucky seed stops
     steering the search once its re-runs are in. Only earlier epochs: the prompt must not depend on when
     this epoch's results arrive."""
-    bar = baseline_reward(views, floor)
+    bar = baseline_bar(views, floor)
     good = [v for v in views.values() if v.cid != BASELINE_ID and v.status == "ok" and v.ranking_reward is not None
             and v.epoch < before_epoch and (bar is None or v.ranking_reward > bar)]
     return sorted(good, key=lambda v: v.ranking_reward, reverse=True)[:limit]  # type: ignore[arg-type, return-value]
