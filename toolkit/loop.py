@@ -58,8 +58,10 @@ class Loop:
         return self.pipeline.state
 
     def tick(self) -> float:
-        """One pass over every stage; the seconds until the earliest is due again."""
-        return min([self.pipeline.tick(), *(stage.tick() for stage in self.stages)])
+        """One pass over every stage, then what they wrote made durable; the seconds until the earliest is due."""
+        due_s = min([self.pipeline.tick(), *(stage.tick() for stage in self.stages)])
+        self.pipeline.log.sync()    # the stages after the pipeline write too (a no-op when nothing is new)
+        return due_s
 
     def sleep(self, seconds: float) -> None:
         """Sleep until due, or until a finished implementation or ideation call wakes the loop."""

@@ -78,7 +78,7 @@ class StubCluster(Cluster):
         return [f"900_{n}" for n in range(len(tasks))]
 
     def states(self, job_ids):
-        return {j: JobState("COMPLETED", "finished") for j in job_ids}
+        return {j: JobState.parse("COMPLETED") for j in job_ids}
 
 
 def collector(tmp_path: Path, cids: list[str]) -> Pipeline:

@@ -124,7 +124,8 @@ def submit_slurm(layout: RLLayout, cfg: RLConfig, wait: bool) -> int:
     job_id = live_trainer_job(layout, cluster) or submit_trainer(layout, cfg, cluster)
     state = lambda: trainer_end(cluster, job_id)   # noqa: E731
     if cfg.trainer.hands_off:
-        return serve_steps(layout, cfg, state, console) or show_status(layout)
+        serve_steps(layout, cfg, state, console)
+        return show_status(layout)
     while wait and not state():
         time.sleep(cfg.run.cluster.poll_s)
     return show_status(layout) if wait else 0
@@ -161,7 +162,7 @@ def trainer_end(cluster: Cluster, job_id: str) -> str:
         state = cluster.states([job_id])[job_id]
     except ClusterError:
         return ""   # SLURM cannot be asked right now: assume it lives, ask again later
-    return state.end or ("finished" if state.phase == "finished" else "")
+    return state.end    # set exactly when the job has finished
 
 
 PLACE: dict[str, Callable[[RLLayout, RLConfig, bool], int]] = {"local": run_local, "slurm": submit_slurm}

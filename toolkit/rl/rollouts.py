@@ -24,7 +24,7 @@ class TrainerGone(ToolkitError):
     """The trainer job ended before its last step."""
 
 
-def serve_steps(layout: RLLayout, cfg: RLConfig, trainer_state: Callable[[], str], console: Console) -> int:
+def serve_steps(layout: RLLayout, cfg: RLConfig, trainer_state: Callable[[], str], console: Console) -> None:
     """Execute every handed-over step until the trainer has logged its last one. `trainer_state` is the
     trainer job's state: "" while it is queued or running, else how it ended."""
     while not trained(layout, cfg):
@@ -37,7 +37,6 @@ def serve_steps(layout: RLLayout, cfg: RLConfig, trainer_state: Callable[[], str
             raise TrainerGone(f"the trainer job ended ({ended}) before step {cfg.steps}; run the same command "
                               f"again to resume it (see {layout.trainer_jobs})")
         time.sleep(cfg.run.cluster.poll_s)
-    return 0
 
 
 def execute_step(layout: RLLayout, cfg: RLConfig, n: int, console: Console) -> None:

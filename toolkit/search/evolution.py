@@ -18,7 +18,7 @@ from typing import Any
 from toolkit import fsio
 from toolkit.config import SearchRunConfig, to_dict
 from toolkit.errors import ConfigError
-from toolkit.execute.pipeline import Pipeline
+from toolkit.execute.pipeline import Parts, Pipeline
 from toolkit.records import Idea, ImplementOutcome, to_json
 from toolkit.search.certify import Certifier
 from toolkit.search.dedup import DedupError, DuplicateFinder, Match, openai_embedder
@@ -68,7 +68,7 @@ class Search:
         return self.pipe.state
 
     @property
-    def p(self) -> Any:
+    def p(self) -> Parts:
         return self.pipe.p
 
     @property
@@ -92,7 +92,6 @@ class Search:
         self.certifier.build_dirs()
         self.certifier.judge_rounds()
         self.maybe_end_epoch()
-        self.log.sync()
         grew = len(self.state.candidates) + len(self.state.replicas) > before
         return 0.0 if grew else math.inf
 
