@@ -96,3 +96,35 @@ def test_sbatch_runs_in_the_allow_listed_environment(tmp_path: Path) -> None:
     assert command[:2] == ["env", "-i"] and command[-2:] == ["sbatch", str(tmp_path / "job.sh")]
     assert "SBATCH_ACCOUNT=lab" in command and not any(c.split("=")[-1] == "sk" for c in command)
     assert plain._make_submission_command(tmp_path / "job.sh") == ["sbatch", str(tmp_path / "job.sh")]
+
+
+def test_sbatch_environments_of_overlapping_threads_stay_apart(tmp_path: Path) -> None:
+    """Two threads submit at once (an array and the server job): each sbatch gets its own thread's
+    environment, a thread outside any block gets submitit's bare command, and nothing outlives a block.
+    (Swapping the method per block once left one block's environment on every later sbatch.)"""
+    import threading
+
+    import submitit
+
+    from toolkit.cluster.slurm import sbatch_environment
+    plain, job = submitit.SlurmExecutor(folder=tmp_path), tmp_path / "job.sh"
+    inside, release, seen = threading.Barrier(3), threading.Event(), {}
+
+    def submit(name: str) -> None:
+        with sbatch_environment({"PATH": "/usr/bin", "WHO": name}):
+            inside.wait(timeout=10)
+            release.wait(timeout=10)
+            seen[name] = plain._make_submission_command(job)
+
+    threads = [threading.Thread(target=submit, args=(name,), daemon=True) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    inside.wait(timeout=10)  # both blocks are open at once
+    seen["outside"] = plain._make_submission_command(job)
+    release.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert seen["outside"] == ["sbatch", str(job)]
+    for name in ("a", "b"):
+        assert f"WHO={name}" in seen[name] and len([c for c in seen[name] if c.startswith("WHO=")]) == 1
+    assert plain._make_submission_command(job) == ["sbatch", str(job)]

@@ -133,7 +133,8 @@ def check_request(cfg: ClusterConfig, resources: Resources) -> str:
     return ""
 
 
-_SBATCH_LOCK = threading.Lock()
+_SBATCH_ENV = threading.local()
+_INSTALL_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -143,20 +144,42 @@ def sbatch_environment(env: Mapping[str, str] | None = None) -> Iterator[None]:
 
     submitit starts sbatch with this process's whole environment, API keys included, and has no option for
     another one; its array submission builds a fresh `SlurmExecutor`, so the one place to change is that
-    class's submission command, swapped for the duration of the block (under a lock; os.environ itself is
-    never touched: other threads of the daemon read it). `env` holds only allow-listed, non-secret values.
+    class's submission command. It is wrapped once, for good, and the wrapper reads the environment of the
+    calling thread's innermost block: blocks in several threads never see each other's environment, and
+    outside a block the command is submitit's own. (Swapping the method per block leaked a block's
+    environment into every later submission when two threads overlapped.) os.environ is never touched:
+    other threads of the daemon read it. `env` holds only allow-listed, non-secret values.
     """
     env = jobenv.sbatch_environ() if env is None else env
+    _install_env_prefix()
+    outer = getattr(_SBATCH_ENV, "env", None)
+    _SBATCH_ENV.env = dict(env)
+    try:
+        yield
+    finally:
+        _SBATCH_ENV.env = outer
+
+
+def _install_env_prefix() -> None:
+    """Wrap `SlurmExecutor._make_submission_command` once per process (idempotent, thread-safe)."""
     cls = submitit.SlurmExecutor
-    original = cls._make_submission_command
-    prefix = ["env", "-i", *(f"{name}={value}" for name, value in sorted(env.items()))]
-    with _SBATCH_LOCK:
-        cls._make_submission_command = (  # type: ignore[method-assign]
-            lambda self, submission_file_path: prefix + original(self, submission_file_path))
-        try:
-            yield
-        finally:
-            cls._make_submission_command = original  # type: ignore[method-assign]
+    with _INSTALL_LOCK:
+        original = cls._make_submission_command
+        if getattr(original, "toolkit_env_prefix", False):
+            return
+
+        @functools.wraps(original)
+        def command(self: submitit.SlurmExecutor, submission_file_path: Any) -> list[str]:
+            env: dict[str, str] | None = getattr(_SBATCH_ENV, "env", None)
+            bare: list[str] = original(self, submission_file_path)
+            return bare if env is None else _env_prefix(env) + bare
+
+        command.toolkit_env_prefix = True  # type: ignore[attr-defined]
+        cls._make_submission_command = command  # type: ignore[method-assign]
+
+
+def _env_prefix(env: Mapping[str, str]) -> list[str]:
+    return ["env", "-i", *(f"{name}={value}" for name, value in sorted(env.items()))]
 
 
 def _sacct(masters: list[str]) -> dict[str, JobState]:
