@@ -99,9 +99,9 @@ def test_sbatch_runs_in_the_allow_listed_environment(tmp_path: Path) -> None:
 
 
 def test_sbatch_environments_of_overlapping_threads_stay_apart(tmp_path: Path) -> None:
-    """Two threads submit at once (an array and the server job): each sbatch gets its own thread's
-    environment, a thread outside any block gets submitit's bare command, and nothing outlives a block.
-    (Swapping the method per block once left one block's environment on every later sbatch.)"""
+    """Two threads submit at once (two runs in one process, as the SLURM fault test does): each sbatch gets
+    its own thread's environment, a thread outside any block gets submitit's bare command, and nothing
+    outlives a block. (Swapping the method per block once left one block's environment on every later sbatch.)"""
     import threading
 
     import submitit
