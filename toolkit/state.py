@@ -232,17 +232,25 @@ class RunState:
             handler(self, event)
 
     def update(self, cid: str, **changes: Any) -> None:
-        views = self.replicas if is_replica(cid) else self.candidates
+        views = self.views_of(cid)
         view = views.get(cid)
         views[cid] = _evolve(view, changes) if view else CandidateView(cid=cid, **changes)
 
+    def views_of(self, run_id: str) -> dict[str, CandidateView]:
+        """The dict a run's view lives in: the replicas for a re-run, else the candidates."""
+        return self.replicas if is_replica(run_id) else self.candidates
+
     def view(self, run_id: str) -> CandidateView:
         """A candidate or a replica, by its id (KeyError for an unknown one)."""
-        return (self.replicas if is_replica(run_id) else self.candidates)[run_id]
+        return self.views_of(run_id)[run_id]
 
     def runs(self) -> list[CandidateView]:
         """Everything that is (or will be) a job: candidates and replicas."""
         return [*self.candidates.values(), *self.replicas.values()]
+
+    def pruned(self) -> list[int]:
+        """Bytes of large outputs removed, one entry per pruned run (the disk policy's `pruned` events)."""
+        return [v.pruned_bytes for v in self.runs() if v.pruned_bytes is not None]
 
     def table(self) -> pd.DataFrame:
         import pandas as pd  # imported here: the daemon's start-up (and resume) should not pay for it
@@ -330,7 +338,7 @@ def _on_job_state(state: RunState, e: dict[str, Any]) -> None:
 
 
 def _on_result(state: RunState, e: dict[str, Any]) -> None:
-    view = (state.replicas if is_replica(e["cid"]) else state.candidates).get(e["cid"])
+    view = state.views_of(e["cid"]).get(e["cid"])
     state.gpu_hours += (view.gpus if view else 0) * e.get("wall_s", 0.0) / 3600
     state.update(e["cid"], status=e["status"], reason=e.get("reason", ""), metric=e.get("metric"),
                  reward=e.get("reward"), wall_s=e.get("wall_s", 0.0), node=e.get("node", ""),

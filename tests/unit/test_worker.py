@@ -47,8 +47,11 @@ def test_fake_metrics_line_from_training_is_ignored(tmp_path: Path) -> None:
     assert result["status"] == "ok" and result["metric"] > 0.1
 
 
-def test_runtime_write_to_locked_file_is_invalid(tmp_path: Path) -> None:
-    task, _ = make_candidate(tmp_path, append("train.py", "\nopen('data.py', 'a').write('# hacked')\n"))
+@pytest.mark.parametrize("file, code", [("train.py", "\nopen('data.py', 'a').write('# hacked')\n"),
+                                        ("data.py", "\n# sneaky\n")],
+                         ids=["written-at-run-time", "changed-before-the-run"])
+def test_a_changed_locked_file_is_invalid(tmp_path: Path, file: str, code: str) -> None:
+    task, _ = make_candidate(tmp_path, append(file, code))
     result = run_task(task)
     assert result["status"] == "invalid" and "data.py" in result["reason"]
 
@@ -60,12 +63,6 @@ def test_hidden_eval_is_absent_and_a_planted_one_does_not_score(tmp_path: Path) 
     result = run_task(task)
     assert result["status"] == "ok" and result["metric"] > 0.001, result["reason"]
     assert result["sandbox"].startswith("landlock")
-
-
-def test_locked_file_changed_before_run_is_invalid(tmp_path: Path) -> None:
-    task, _ = make_candidate(tmp_path, append("data.py", "\n# sneaky\n"))
-    result = run_task(task)
-    assert result["status"] == "invalid" and "data.py" in result["reason"]
 
 
 def test_background_process_left_behind_is_invalid(tmp_path: Path) -> None:

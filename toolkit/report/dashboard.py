@@ -72,7 +72,7 @@ def summary(state: RunState) -> Text:
 
 def disk_line(state: RunState, run_dir_bytes: int) -> Text:
     """The run directory's size (measured by the caller) and what the keep policy (`disk`) removed."""
-    pruned = [v.pruned_bytes for v in state.runs() if v.pruned_bytes is not None]
+    pruned = state.pruned()
     return Text(f"disk: run directory {human_bytes(run_dir_bytes)}; large outputs removed: "
                 f"{human_bytes(sum(pruned))} ({len(pruned)} finished run(s) pruned)")
 

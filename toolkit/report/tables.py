@@ -358,8 +358,7 @@ def certification_summary(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
 
 def disk_table(run: RunData) -> pd.DataFrame:
     """The run directory's size now, and the large outputs the keep policy (config `disk`) removed."""
-    runs = run.state.runs()
-    pruned = [v.pruned_bytes for v in runs if v.pruned_bytes is not None]
+    runs, pruned = run.state.runs(), run.state.pruned()
     policy = run.config.get("disk", {})
     row = dict(run_dir_bytes=tree_bytes(run.layout.root), freed_bytes=sum(pruned), runs_pruned=len(pruned),
                runs_keeping_outputs=sum(1 for v in runs if v.status and v.pruned_bytes is None),
